@@ -1,0 +1,131 @@
+"""Market data adapters for local runs and tests: a replay of recorded quote tapes, and static quotes."""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import threading
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+
+from backend.core.assets import AssetClass, detect_asset_class
+from backend.core.quotes import Quote, require_utc, to_decimal
+from backend.execution.ports import Clock, MarketDataProvider
+
+DEFAULT_TAPE_DIR = Path(__file__).resolve().parents[2] / "data" / "quotes"
+
+
+def load_quote_tape(path: str | Path) -> list[Quote]:
+    """Read one tape (timestamp,symbol,asset_class,bid,ask,bid_size,ask_size), oldest first."""
+    quotes: list[Quote] = []
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        required = {"timestamp", "symbol", "bid", "ask"}
+        missing = required - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: missing columns {sorted(missing)}")
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                symbol = row["symbol"].strip().upper()
+                raw_class = (row.get("asset_class") or "").strip()
+                quotes.append(
+                    Quote(
+                        symbol=symbol,
+                        asset_class=AssetClass.parse(raw_class) if raw_class else detect_asset_class(symbol),
+                        bid=to_decimal(row["bid"], "bid"),
+                        ask=to_decimal(row["ask"], "ask"),
+                        timestamp=require_utc(datetime.fromisoformat(row["timestamp"])),
+                        bid_size=to_decimal(row["bid_size"], "bid_size") if row.get("bid_size") else None,
+                        ask_size=to_decimal(row["ask_size"], "ask_size") if row.get("ask_size") else None,
+                    )
+                )
+            except (ValueError, KeyError) as exc:
+                raise ValueError(f"{path}:{line_no}: {exc}") from exc
+    quotes.sort(key=lambda quote: quote.timestamp)
+    return quotes
+
+
+def default_tapes() -> list[Path]:
+    return sorted(DEFAULT_TAPE_DIR.glob("*.csv"))
+
+
+class TapeMarketData(MarketDataProvider):
+    """Replays tapes: ``get_quote`` answers the latest quote at or before the clock's now.
+
+    Moving the clock is the replay; the paper broker and the router share the clock and this
+    provider, so the price that was checked is the price that fills.
+    """
+
+    def __init__(self, tapes: Iterable[str | Path], clock: Clock) -> None:
+        self._clock = clock
+        self._quotes: dict[str, list[Quote]] = {}
+        for tape in tapes:
+            for quote in load_quote_tape(tape):
+                self._quotes.setdefault(quote.symbol, []).append(quote)
+        for series in self._quotes.values():
+            series.sort(key=lambda quote: quote.timestamp)
+        self._times = {
+            symbol: [quote.timestamp for quote in series] for symbol, series in self._quotes.items()
+        }
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted(self._quotes)
+
+    def __len__(self) -> int:
+        return sum(len(series) for series in self._quotes.values())
+
+    def events(self, symbols: Iterable[str] | None = None) -> Iterator[Quote]:
+        """Every quote of the chosen symbols, merged in time order."""
+        chosen = self.symbols if symbols is None else [s.strip().upper() for s in symbols]
+        unknown = [symbol for symbol in chosen if symbol not in self._quotes]
+        if unknown:
+            raise ValueError(f"no tape for {unknown}; tapes hold {self.symbols}")
+        return heapq.merge(*(self._quotes[s] for s in chosen), key=lambda quote: quote.timestamp)
+
+    def get_quote(self, symbol: str, asset_class: AssetClass | str | None = None) -> Quote | None:
+        series = self._quotes.get(symbol.strip().upper())
+        if not series:
+            return None
+        index = bisect_right(self._times[series[0].symbol], self._clock.now()) - 1
+        return series[index] if index >= 0 else None
+
+
+class StaticMarketData(MarketDataProvider):
+    """Fixed quotes for tests and examples; ``set_quote`` without a timestamp stamps the clock's now."""
+
+    def __init__(self, quotes: Mapping[str, Quote] | None = None, clock: Clock | None = None) -> None:
+        self._quotes: dict[str, Quote] = {k.upper(): v for k, v in (quotes or {}).items()}
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def set_quote(
+        self,
+        symbol: str,
+        bid: object,
+        ask: object,
+        timestamp: datetime | None = None,
+        asset_class: AssetClass | str | None = None,
+    ) -> Quote:
+        normalized = symbol.strip().upper()
+        stamp = timestamp or (self._clock.now() if self._clock else None)
+        if stamp is None:
+            raise ValueError("StaticMarketData needs a timestamp or a clock")
+        quote = Quote(
+            symbol=normalized,
+            asset_class=AssetClass.parse(asset_class) if asset_class else detect_asset_class(normalized),
+            bid=to_decimal(bid, "bid"),
+            ask=to_decimal(ask, "ask"),
+            timestamp=require_utc(stamp),
+        )
+        with self._lock:
+            self._quotes[normalized] = quote
+        return quote
+
+    def get_quote(self, symbol: str, asset_class: AssetClass | str | None = None) -> Quote | None:
+        with self._lock:
+            self.requests += 1
+            return self._quotes.get(symbol.strip().upper())

@@ -1,0 +1,45 @@
+"""Document paths and ids, built in one place.
+
+The logical paths are Firestore's (``tenants/{tenant_id}/ledger_trades/{trade_id}``); the embedded
+store keys its rows by the same strings, so a row can be found by the path a user reads in the docs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+_MAX_CLIENT_ORDER_ID = 128  # Alpaca's limit on client_order_id
+
+
+def _digest(tenant_id: str, idempotency_key: str) -> str:
+    return hashlib.sha256(f"{tenant_id}\x1f{idempotency_key}".encode()).hexdigest()
+
+
+def trade_id_for(tenant_id: str, idempotency_key: str) -> str:
+    """A document id that is safe in any path (no '/'), stable for one intent of one tenant."""
+    return "tr_" + _digest(tenant_id, idempotency_key)[:40]
+
+
+def client_order_id_for(tenant_id: str, idempotency_key: str) -> str:
+    """The broker's client order id: the same intent can only ever be one order at the broker."""
+    client_order_id = "msr-" + _digest(tenant_id, idempotency_key)[:40]
+    assert len(client_order_id) <= _MAX_CLIENT_ORDER_ID
+    return client_order_id
+
+
+def _segment(value: str, name: str) -> str:
+    if not value or "/" in value:
+        raise ValueError(f"{name} must be a non-empty path segment without '/', got {value!r}")
+    return value
+
+
+def ledger_trade_path(tenant_id: str, trade_id: str) -> str:
+    return f"tenants/{_segment(tenant_id, 'tenant_id')}/ledger_trades/{_segment(trade_id, 'trade_id')}"
+
+
+def decision_path(tenant_id: str, decision_id: str) -> str:
+    return f"tenants/{_segment(tenant_id, 'tenant_id')}/decisions/{_segment(decision_id, 'decision_id')}"
+
+
+def portfolio_trade_path(uid: str, history_id: str) -> str:
+    return f"users/{_segment(uid, 'uid')}/portfolio/history/trades/{_segment(history_id, 'history_id')}"

@@ -1,0 +1,33 @@
+"""Stable, machine-readable reason codes. Logs, results, the ledger and the metrics share them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ReasonCode(StrEnum):
+    OK = "OK"
+    ROUTING_DISABLED = "ROUTING_DISABLED"
+    # Cost gate: the signal is downgraded to WAIT.
+    SPREAD_TOO_WIDE = "SPREAD_TOO_WIDE"
+    SLIPPAGE_TOO_HIGH = "SLIPPAGE_TOO_HIGH"
+    # The quote cannot be trusted: never executed.
+    QUOTE_MISSING = "QUOTE_MISSING"
+    QUOTE_NON_POSITIVE = "QUOTE_NON_POSITIVE"
+    QUOTE_CROSSED = "QUOTE_CROSSED"
+    QUOTE_STALE = "QUOTE_STALE"
+    # Risk refusals.
+    KILL_SWITCH = "KILL_SWITCH"
+    POSITION_LIMIT = "POSITION_LIMIT"
+    DAILY_LIMIT = "DAILY_LIMIT"
+    # Broker outcomes.
+    BROKER_REJECTED = "BROKER_REJECTED"
+    BROKER_ERROR = "BROKER_ERROR"
+    BROKER_OUTCOME_UNKNOWN = "BROKER_OUTCOME_UNKNOWN"
+    IN_FLIGHT = "IN_FLIGHT"
+    DRY_RUN = "DRY_RUN"
+
+
+COST_DOWNGRADE_CODES: frozenset[ReasonCode] = frozenset(
+    {ReasonCode.SPREAD_TOO_WIDE, ReasonCode.SLIPPAGE_TOO_HIGH}
+)

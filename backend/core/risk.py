@@ -1,0 +1,88 @@
+"""Pre-trade risk: kill switch, position limit, daily trade count. Pure; the caller supplies exposure.
+
+Every check runs and is kept for the audit trail; the first failing one names the refusal.
+A limit of 0 means "nothing allowed", never "unlimited".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import MappingProxyType
+
+from backend.core.assets import AssetClass
+from backend.core.intents import OrderIntent
+from backend.core.reasons import ReasonCode
+
+
+@dataclass(frozen=True, slots=True)
+class RiskLimits:
+    kill_switch: bool = False
+    max_position_qty: Decimal = Decimal(100)
+    max_position_qty_by_asset_class: Mapping[AssetClass, Decimal] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    max_daily_trades: int = 50
+
+    def position_limit_for(self, asset_class: AssetClass) -> Decimal:
+        return self.max_position_qty_by_asset_class.get(asset_class, self.max_position_qty)
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """What the tenant already holds and has done today, read from the store by the caller."""
+
+    position_qty: Decimal = Decimal(0)
+    trades_today: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RiskCheck:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class RiskDecision:
+    approved: bool
+    reason_code: ReasonCode
+    reason: str
+    checks: tuple[RiskCheck, ...]
+
+
+def _position_check(intent: OrderIntent, exposure: Exposure, limits: RiskLimits) -> RiskCheck:
+    limit = limits.position_limit_for(intent.asset_class)
+    current = exposure.position_qty
+    resulting = current + intent.side.sign * intent.qty
+    # A trade that shrinks the position is always allowed: refusing it would trap the risk.
+    reduces = abs(resulting) < abs(current)
+    passed = reduces or abs(resulting) <= limit
+    detail = f"position {current} -> {resulting} (limit {limit})"
+    return RiskCheck("max_position_qty", passed, detail)
+
+
+def check_risk(intent: OrderIntent, exposure: Exposure, limits: RiskLimits) -> RiskDecision:
+    checks = (
+        RiskCheck(
+            "kill_switch",
+            not limits.kill_switch,
+            "kill switch engaged" if limits.kill_switch else "kill switch off",
+        ),
+        _position_check(intent, exposure, limits),
+        RiskCheck(
+            "max_daily_trades",
+            exposure.trades_today < limits.max_daily_trades,
+            f"{exposure.trades_today} trades today (limit {limits.max_daily_trades})",
+        ),
+    )
+    codes = {
+        "kill_switch": ReasonCode.KILL_SWITCH,
+        "max_position_qty": ReasonCode.POSITION_LIMIT,
+        "max_daily_trades": ReasonCode.DAILY_LIMIT,
+    }
+    for check in checks:
+        if not check.passed:
+            return RiskDecision(False, codes[check.name], f"Risk refused: {check.detail}", checks)
+    return RiskDecision(True, ReasonCode.OK, "All risk checks passed", checks)

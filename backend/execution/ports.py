@@ -1,0 +1,145 @@
+"""Ports: the small interfaces the engine talks through. Adapters live in ``backend/adapters``."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import Protocol
+
+from backend.core.assets import AssetClass, detect_asset_class
+from backend.core.ledger import DecisionRecord, LedgerTrade
+from backend.core.orders import BrokerOrder, ExecutionResult, OrderRequest
+from backend.core.quotes import Quote, require_utc
+from backend.core.reasons import ReasonCode
+from backend.core.risk import Exposure
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class ManualClock:
+    """A clock a replay or a test moves by hand."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = require_utc(start)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        return self._now
+
+    def set(self, moment: datetime) -> None:
+        with self._lock:
+            self._now = require_utc(moment)
+
+    def advance(self, delta: timedelta) -> None:
+        with self._lock:
+            self._now += delta
+
+
+class MarketDataProvider(ABC):
+    """Top-of-book quotes. ``None`` means no quote: the router refuses to trade on it."""
+
+    @abstractmethod
+    def get_quote(self, symbol: str, asset_class: AssetClass | str | None = None) -> Quote | None:
+        """The latest quote for one symbol."""
+
+    def get_quotes(
+        self,
+        symbols: Iterable[str],
+        asset_classes: Mapping[str, AssetClass] | None = None,
+    ) -> dict[str, Quote | None]:
+        """Many symbols at once. Adapters with a batch API override this with one call per class."""
+        classes = asset_classes or {}
+        return {
+            symbol: self.get_quote(symbol, classes.get(symbol) or detect_asset_class(symbol))
+            for symbol in dict.fromkeys(symbols)
+        }
+
+
+class BrokerRejectedError(Exception):
+    """The broker definitely refused the order: nothing exists at the broker."""
+
+    def __init__(self, message: str, code: ReasonCode = ReasonCode.BROKER_REJECTED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BrokerOutcomeUnknownError(Exception):
+    """The order may or may not exist (timeout, lost connection): reconcile, never resend blindly."""
+
+
+class Broker(ABC):
+    name: str
+
+    @abstractmethod
+    def submit_order(self, request: OrderRequest) -> BrokerOrder:
+        """Place an order. Same client order id twice must never make two orders."""
+
+    @abstractmethod
+    def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
+        """Look an order up after an unknown outcome."""
+
+
+class ClaimOutcome(StrEnum):
+    CLAIMED = "claimed"
+    DUPLICATE = "duplicate"
+    DAILY_LIMIT = "daily_limit"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    outcome: ClaimOutcome
+    existing: ExecutionResult | None = None
+    trades_today: int = 0
+
+
+class ExecutionStore(Protocol):
+    """The engine's unit of work. Each method is one atomic commit."""
+
+    def get_execution(self, tenant_id: str, idempotency_key: str) -> ExecutionResult | None: ...
+
+    def get_exposure(
+        self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str
+    ) -> Exposure: ...
+
+    def record_outcome(
+        self, result: ExecutionResult, decision: DecisionRecord
+    ) -> ExecutionResult: ...
+
+    def claim(
+        self, result: ExecutionResult, trading_day: str, max_daily_trades: int
+    ) -> Claim: ...
+
+    def record_trade(
+        self,
+        result: ExecutionResult,
+        trade: LedgerTrade,
+        decision: DecisionRecord,
+    ) -> ExecutionResult: ...
+
+    def settle_claim(
+        self, result: ExecutionResult, decision: DecisionRecord, trading_day: str
+    ) -> ExecutionResult:
+        """Close a claim that placed nothing (failed: frees the daily slot) or is unknown (keeps it)."""
+        ...
+
+    def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerTrade | None: ...
+
+    def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]: ...
+
+    def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]: ...
+
+    def positions(self, tenant_id: str) -> dict[str, Decimal]:
+        """Net quantity per symbol, over all of the tenant's broker accounts."""
+        ...

@@ -1,0 +1,15 @@
+"""RiskManager: the seed's name for the risk step; limits come from EXEC_* unless given."""
+
+from __future__ import annotations
+
+from backend.core.intents import OrderIntent
+from backend.core.risk import Exposure, RiskDecision, RiskLimits, check_risk
+from backend.execution.settings import load_settings
+
+
+class RiskManager:
+    def __init__(self, limits: RiskLimits | None = None) -> None:
+        self.limits = limits if limits is not None else load_settings().risk_limits()
+
+    def evaluate(self, intent: OrderIntent, exposure: Exposure) -> RiskDecision:
+        return check_risk(intent, exposure, self.limits)

@@ -1,0 +1,67 @@
+"""``EXEC_*`` configuration, read once into a typed, validated, frozen object.
+
+A bad value fails at start-up with the variable's name, never at the first trade.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backend.core.assets import AssetClass
+from backend.core.risk import RiskLimits
+from backend.core.routing import RoutingPolicy
+
+NonNegativeDecimal = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+
+
+class ConfigurationError(ValueError):
+    """An EXEC_* variable holds a value the engine cannot run with."""
+
+
+class ExecSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXEC_", frozen=True, extra="ignore")
+
+    dry_run: bool = True
+    kill_switch: bool = False
+    max_position_qty: NonNegativeDecimal = Decimal(100)
+    # JSON, e.g. EXEC_MAX_POSITION_QTY_BY_ASSET_CLASS='{"FOREX": 100000}'
+    max_position_qty_by_asset_class: dict[AssetClass, NonNegativeDecimal] = Field(default_factory=dict)
+    max_daily_trades: Annotated[int, Field(ge=0)] = 50
+    max_spread_pct: NonNegativeDecimal = Decimal("0.001")
+    # JSON, e.g. EXEC_MAX_SPREAD_PCT_BY_ASSET_CLASS='{"OPTIONS": 0.05}'
+    max_spread_pct_by_asset_class: dict[AssetClass, NonNegativeDecimal] = Field(default_factory=dict)
+    max_quote_age_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
+    tenant_id: Annotated[str, Field(min_length=1)] = "default"
+    uid: Annotated[str, Field(min_length=1)] = "default"
+    sqlite_path: Annotated[str, Field(min_length=1)] = ".msr/ledger.sqlite3"
+
+    def risk_limits(self) -> RiskLimits:
+        return RiskLimits(
+            kill_switch=self.kill_switch,
+            max_position_qty=self.max_position_qty,
+            max_position_qty_by_asset_class=dict(self.max_position_qty_by_asset_class),
+            max_daily_trades=self.max_daily_trades,
+        )
+
+    def routing_policy(self) -> RoutingPolicy:
+        return RoutingPolicy.build(
+            max_spread_pct=self.max_spread_pct,
+            max_spread_pct_by_asset_class=dict(self.max_spread_pct_by_asset_class),
+            max_quote_age=timedelta(seconds=self.max_quote_age_seconds),
+        )
+
+
+def load_settings() -> ExecSettings:
+    try:
+        return ExecSettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"EXEC_{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
