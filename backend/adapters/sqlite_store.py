@@ -97,9 +97,7 @@ class SQLiteExecutionStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         self._conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a commit survives a process crash; a power cut may lose the last few.
         self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -130,13 +128,10 @@ class SQLiteExecutionStore:
             ).fetchone()
         return _RESULT.validate_json(row[0]) if row else None
 
-    def get_exposure(
-        self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str
-    ) -> Exposure:
+    def get_exposure(self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str) -> Exposure:
         with self._lock:
             position = self._conn.execute(
-                "SELECT qty FROM positions WHERE tenant_id = ? AND broker_account_id = ? "
-                "AND symbol = ?",
+                "SELECT qty FROM positions WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?",
                 (tenant_id, broker_account_id, symbol),
             ).fetchone()
             count = self._conn.execute(
@@ -168,7 +163,9 @@ class SQLiteExecutionStore:
 
     def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]:
         query = "SELECT document FROM ledger_trades"
-        query += " WHERE tenant_id = ? ORDER BY executed_at, path" if tenant_id else " ORDER BY executed_at, path"
+        query += (
+            " WHERE tenant_id = ? ORDER BY executed_at, path" if tenant_id else " ORDER BY executed_at, path"
+        )
         with self._lock:
             rows = self._conn.execute(query, (tenant_id,) if tenant_id else ()).fetchall()
         for (document,) in rows:
@@ -176,7 +173,9 @@ class SQLiteExecutionStore:
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
         query = "SELECT document FROM decisions"
-        query += " WHERE tenant_id = ? ORDER BY decided_at, rowid" if tenant_id else " ORDER BY decided_at, rowid"
+        query += (
+            " WHERE tenant_id = ? ORDER BY decided_at, rowid" if tenant_id else " ORDER BY decided_at, rowid"
+        )
         with self._lock:
             rows = self._conn.execute(query, (tenant_id,) if tenant_id else ()).fetchall()
         for (document,) in rows:
@@ -280,8 +279,7 @@ class SQLiteExecutionStore:
             except sqlite3.IntegrityError as exc:
                 raise LedgerIntegrityError(f"ledger row {trade.path} already exists") from exc
             row = conn.execute(
-                "SELECT qty FROM positions WHERE tenant_id = ? AND broker_account_id = ? "
-                "AND symbol = ?",
+                "SELECT qty FROM positions WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?",
                 (trade.tenant_id, trade.broker_account_id, trade.symbol),
             ).fetchone()
             current = Decimal(row[0]) if row else Decimal(0)

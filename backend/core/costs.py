@@ -1,8 +1,9 @@
 """The execution cost model. Today: the quoted spread; fees and market impact slot in here.
 
 The seed defines estimated slippage as the quoted spread as a fraction of the mid price: what a
-round trip pays when it buys at the ask and later sells at the bid. ``estimated_cost`` is that
-fraction applied to the order's notional at mid, in the instrument's quote currency.
+round trip pays when it buys at the ask and later sells at the bid. Applied to the order's notional
+at mid that is exactly ``qty x (ask - bid)``, computed here from the quote itself so the cost is
+exact to the last digit of the prices, in the instrument's quote currency.
 """
 
 from __future__ import annotations
@@ -10,19 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from backend.core.quotes import to_decimal
-
 
 @dataclass(frozen=True, slots=True)
 class CostEstimate:
-    estimated_slippage: Decimal
-    notional: Decimal | None
-    estimated_cost: Decimal | None
+    notional: Decimal  # qty x mid
+    estimated_cost: Decimal  # qty x spread = notional x estimated slippage
 
 
-def estimate_cost(qty: Decimal, mid_price: Decimal | None, slippage: float | Decimal) -> CostEstimate:
-    slippage_d = to_decimal(slippage, "estimated_slippage")
-    if mid_price is None:
-        return CostEstimate(slippage_d, None, None)
-    notional = qty * mid_price
-    return CostEstimate(slippage_d, notional, notional * slippage_d)
+def spread_cost(qty: Decimal, bid: Decimal, ask: Decimal) -> CostEstimate:
+    return CostEstimate(notional=qty * (bid + ask) / 2, estimated_cost=qty * (ask - bid))

@@ -12,7 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from backend.core.assets import AssetClass, quote_currency
-from backend.core.costs import estimate_cost
+from backend.core.costs import spread_cost
 from backend.core.intents import Side
 from backend.core.orders import BrokerOrder, ExecutionResult, ExecutionStatus
 from backend.core.paths import decision_path, ledger_trade_path, trade_id_for
@@ -122,11 +122,10 @@ def build_decision_record(result: ExecutionResult) -> DecisionRecord:
         if dry_run
         else "dc_" + trade_id_for(result.tenant_id, result.idempotency_key)[3:]
     )
-    slippage = routing.estimated_slippage if routing else None
+    bid, ask = (routing.bid, routing.ask) if routing else (None, None)
+    # An unusable (missing, crossed, non-positive) quote has no cost to speak of.
     cost = (
-        estimate_cost(intent.qty, routing.mid_price, slippage)
-        if routing is not None and slippage is not None
-        else None
+        spread_cost(intent.qty, bid, ask) if bid is not None and ask is not None and 0 < bid <= ask else None
     )
     return DecisionRecord(
         decision_id=decision_id,
@@ -144,7 +143,7 @@ def build_decision_record(result: ExecutionResult) -> DecisionRecord:
         reason_code=result.reason_code,
         reason=result.reason,
         spread_pct=routing.spread_pct if routing else None,
-        estimated_slippage=slippage,
+        estimated_slippage=routing.estimated_slippage if routing else None,
         threshold_pct=routing.threshold_pct if routing else None,
         mid_price=routing.mid_price if routing else None,
         notional=cost.notional if cost else None,

@@ -93,14 +93,22 @@ class Quote:
 
 
 _QUOTE_KEYS = frozenset(
-    {"symbol", "asset_class", "bid", "ask", "timestamp", "bid_size", "ask_size", "spread",
-     "mid_price", "spread_pct"}
+    {
+        "symbol",
+        "asset_class",
+        "bid",
+        "ask",
+        "timestamp",
+        "bid_size",
+        "ask_size",
+        "spread",
+        "mid_price",
+        "spread_pct",
+    }
 )
 
 
-def quote_problem(
-    quote: Quote | None, now: datetime, max_age: timedelta
-) -> tuple[ReasonCode, str] | None:
+def quote_problem(quote: Quote | None, now: datetime, max_age: timedelta) -> tuple[ReasonCode, str] | None:
     """Why a quote must not be traded on, or None when it is usable."""
     if quote is None:
         return ReasonCode.QUOTE_MISSING, "No quote available"
@@ -115,8 +123,7 @@ def quote_problem(
     if age > max_age:
         return (
             ReasonCode.QUOTE_STALE,
-            f"Quote is {age.total_seconds():.3f}s old, older than the allowed "
-            f"{max_age.total_seconds():g}s",
+            f"Quote is {age.total_seconds():.3f}s old, older than the allowed {max_age.total_seconds():g}s",
         )
     return None
 

@@ -132,8 +132,7 @@ def decide_route(
     return RoutingDecision(
         should_execute=not too_wide,
         reason_code=ReasonCode.SPREAD_TOO_WIDE if too_wide else ReasonCode.OK,
-        reason=f"Spread {format_pct(spread, threshold)} {verdict} threshold "
-        f"{format_pct(threshold, spread)}",
+        reason=f"Spread {format_pct(spread, threshold)} {verdict} threshold {format_pct(threshold, spread)}",
         symbol=intent.symbol,
         asset_class=intent.asset_class,
         threshold_pct=threshold_f,
@@ -159,8 +158,11 @@ def routing_bypassed(intent: OrderIntent, quote: Quote | None, policy: RoutingPo
         threshold_pct=float(threshold),
         spread_pct=float(spread) if spread is not None else None,
         estimated_slippage=(
-            intent.estimated_slippage if intent.estimated_slippage is not None
-            else float(spread) if spread is not None else None
+            intent.estimated_slippage
+            if intent.estimated_slippage is not None
+            else float(spread)
+            if spread is not None
+            else None
         ),
         bid=quote.bid if quote else None,
         ask=quote.ask if quote else None,

@@ -180,9 +180,7 @@ class ExecutionEngine:
                     "exec.intent_invalid",
                     f"Invalid intent: {exc.error_count()} error(s)",
                     logging.WARNING,
-                    errors=[
-                        {"field": ".".join(map(str, e["loc"])), "error": e["msg"]} for e in exc.errors()
-                    ],
+                    errors=[{"field": ".".join(map(str, e["loc"])), "error": e["msg"]} for e in exc.errors()],
                 )
                 raise
         tenant_id = intent.tenant_id or self.settings.tenant_id
@@ -285,7 +283,7 @@ class ExecutionEngine:
             return self._settle(failed, trading_day, "exec.order_failed")
         except BrokerOutcomeUnknownError as exc:
             return self._settle(self._unknown(result, exc), trading_day, "exec.order_unknown")
-        except Exception as exc:  # noqa: BLE001 - an unclassified error may follow a sent order
+        except Exception as exc:
             logger.exception("broker raised an unclassified error")
             return self._settle(self._unknown(result, exc), trading_day, "exec.order_unknown")
         return self._record_order(result, order, trading_day)
