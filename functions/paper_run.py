@@ -151,7 +151,7 @@ def run_paper(config: PaperRunConfig, progress_stream: TextIO | None = None) -> 
     strategy = STRATEGIES[config.strategy](dict(config.strategy_config))
     clock = ManualClock(_EPOCH)
     market = TapeMarketData(config.tapes, clock)
-    events = list(market.events(config.symbols))
+    total_quotes = market.count(config.symbols)
     store = SQLiteExecutionStore(ledger_path)
     settings = ExecSettings(dry_run=False, tenant_id=config.tenant_id, uid=config.uid)
     engine = ExecutionEngine(
@@ -168,9 +168,8 @@ def run_paper(config: PaperRunConfig, progress_stream: TextIO | None = None) -> 
     positions: dict[str, Decimal] = {}
     signals: Counter[str] = Counter()
     intents = new_orders = replayed = 0
-    progress = Progress(len(events), progress_stream) if progress_stream else None
-    for index, quote in enumerate(events, start=1):
-        clock.set(quote.timestamp)
+    progress = Progress(total_quotes, progress_stream) if progress_stream else None
+    for index, quote in enumerate(market.replay(config.symbols), start=1):
         if strategy.supports(quote.asset_class):
             signal = strategy.evaluate(quote.to_market_data(), {"positions": positions})
             signals[signal.signal_type.value] += 1
@@ -210,7 +209,7 @@ def run_paper(config: PaperRunConfig, progress_stream: TextIO | None = None) -> 
     _write_decisions_csv(Path(files["decisions"]), decisions)
     report = PaperRunReport(
         config=config,
-        quotes=len(events),
+        quotes=total_quotes,
         signals=dict(sorted(signals.items())),
         intents=intents,
         new_orders=new_orders,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import csv
 import heapq
 import threading
-from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 
 from backend.core.assets import AssetClass, detect_asset_class
 from backend.core.quotes import Quote, require_utc, to_decimal
-from backend.execution.ports import Clock, MarketDataProvider
+from backend.execution.ports import Clock, ManualClock, MarketDataProvider
 
 DEFAULT_TAPE_DIR = Path(__file__).resolve().parents[2] / "data" / "quotes"
 
@@ -52,13 +51,14 @@ def default_tapes() -> list[Path]:
 
 
 class TapeMarketData(MarketDataProvider):
-    """Replays tapes: ``get_quote`` answers the latest quote at or before the clock's now.
+    """Replays tapes. ``replay()`` delivers the quotes in time order, moving the clock to each one;
+    ``get_quote`` answers the last quote the replay delivered for the symbol.
 
-    Moving the clock is the replay; the paper broker and the router share the clock and this
-    provider, so the price that was checked is the price that fills.
+    The paper broker and the router read this one provider, so the quote the cost gate checked is
+    the quote that fills, even when a tape holds several quotes in the same millisecond.
     """
 
-    def __init__(self, tapes: Iterable[str | Path], clock: Clock) -> None:
+    def __init__(self, tapes: Iterable[str | Path], clock: ManualClock) -> None:
         self._clock = clock
         self._quotes: dict[str, list[Quote]] = {}
         for tape in tapes:
@@ -66,31 +66,32 @@ class TapeMarketData(MarketDataProvider):
                 self._quotes.setdefault(quote.symbol, []).append(quote)
         for series in self._quotes.values():
             series.sort(key=lambda quote: quote.timestamp)
-        self._times = {
-            symbol: [quote.timestamp for quote in series] for symbol, series in self._quotes.items()
-        }
+        self._current: dict[str, Quote] = {}
 
     @property
     def symbols(self) -> list[str]:
         return sorted(self._quotes)
 
-    def __len__(self) -> int:
-        return sum(len(series) for series in self._quotes.values())
+    def count(self, symbols: Iterable[str] | None = None) -> int:
+        return sum(len(self._quotes[symbol]) for symbol in self._chosen(symbols))
 
-    def events(self, symbols: Iterable[str] | None = None) -> Iterator[Quote]:
-        """Every quote of the chosen symbols, merged in time order."""
+    def _chosen(self, symbols: Iterable[str] | None) -> list[str]:
         chosen = self.symbols if symbols is None else [s.strip().upper() for s in symbols]
         unknown = [symbol for symbol in chosen if symbol not in self._quotes]
         if unknown:
             raise ValueError(f"no tape for {unknown}; tapes hold {self.symbols}")
-        return heapq.merge(*(self._quotes[s] for s in chosen), key=lambda quote: quote.timestamp)
+        return chosen
+
+    def replay(self, symbols: Iterable[str] | None = None) -> Iterator[Quote]:
+        """Every quote of the chosen symbols, merged in time order, each made current as it is yielded."""
+        merged = heapq.merge(*(self._quotes[s] for s in self._chosen(symbols)), key=lambda q: q.timestamp)
+        for quote in merged:
+            self._clock.set(quote.timestamp)
+            self._current[quote.symbol] = quote
+            yield quote
 
     def get_quote(self, symbol: str, asset_class: AssetClass | str | None = None) -> Quote | None:
-        series = self._quotes.get(symbol.strip().upper())
-        if not series:
-            return None
-        index = bisect_right(self._times[series[0].symbol], self._clock.now()) - 1
-        return series[index] if index >= 0 else None
+        return self._current.get(symbol.strip().upper())
 
 
 class StaticMarketData(MarketDataProvider):
