@@ -18,57 +18,41 @@ from pathlib import Path
 from pydantic import TypeAdapter
 
 from backend.core.intents import canonical_decimal
-from backend.core.ledger import DecisionRecord, LedgerTrade
+from backend.core.ledger import DecisionRecord, LedgerTrade, build_decision_record, new_decision_id
 from backend.core.orders import ExecutionResult, ExecutionStatus
-from backend.core.paths import ledger_trade_path
+from backend.core.paths import decision_id_for, decision_path, ledger_trade_path
 from backend.core.risk import Exposure
 from backend.execution.ports import Claim, ClaimOutcome
 
 _RESULT = TypeAdapter(ExecutionResult)
+_PENDING = ExecutionStatus.PENDING.value
 _TRADE = TypeAdapter(LedgerTrade)
-_DECISION = TypeAdapter(DecisionRecord)
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS executions (
+-- One row per decision, keyed by its logical path. A keyed intent's decision id derives from its
+-- idempotency key, so this table is also the idempotency record: pending while the broker is
+-- being called, final afterwards. Dry runs get fresh ids and never block a real execution.
+CREATE TABLE IF NOT EXISTS decisions (
+    path TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
     status TEXT NOT NULL,
-    result TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (tenant_id, idempotency_key)
-) WITHOUT ROWID;
+    decided_at TEXT NOT NULL,
+    result TEXT NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS ledger_trades (
     path TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL,
     trade_id TEXT NOT NULL,
-    symbol TEXT NOT NULL,
-    asset_class TEXT NOT NULL,
-    side TEXT NOT NULL,
-    qty TEXT NOT NULL,
-    price TEXT NOT NULL,
-    notional TEXT NOT NULL,
     executed_at TEXT NOT NULL,
     written_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     document TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ledger_trades_by_tenant ON ledger_trades (tenant_id, executed_at);
 
 CREATE TRIGGER IF NOT EXISTS ledger_trades_append_only_update
 BEFORE UPDATE ON ledger_trades BEGIN SELECT RAISE(ABORT, 'ledger_trades is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_trades_append_only_delete
 BEFORE DELETE ON ledger_trades BEGIN SELECT RAISE(ABORT, 'ledger_trades is append-only'); END;
-
-CREATE TABLE IF NOT EXISTS decisions (
-    path TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL,
-    decided_at TEXT NOT NULL,
-    status TEXT NOT NULL,
-    reason_code TEXT NOT NULL,
-    asset_class TEXT NOT NULL,
-    document TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_by_tenant ON decisions (tenant_id, decided_at);
 
 CREATE TABLE IF NOT EXISTS daily_trade_counts (
     tenant_id TEXT NOT NULL,
@@ -85,6 +69,11 @@ CREATE TABLE IF NOT EXISTS positions (
     PRIMARY KEY (tenant_id, broker_account_id, symbol)
 ) WITHOUT ROWID;
 """
+
+
+def _prefix_range(prefix: str) -> tuple[str, str]:
+    """Bounds that select every path under ``prefix`` through the primary key ('/' + 1 is '0')."""
+    return prefix, prefix[:-1] + "0"
 
 
 class LedgerIntegrityError(RuntimeError):
@@ -120,13 +109,15 @@ class SQLiteExecutionStore:
 
     # -- reads -----------------------------------------------------------------------------
 
+    def _read_row(self, conn: sqlite3.Connection, tenant_id: str, key: str) -> tuple[str, str] | None:
+        path = decision_path(tenant_id, decision_id_for(tenant_id, key))
+        return conn.execute("SELECT status, result FROM decisions WHERE path = ?", (path,)).fetchone()
+
     def get_execution(self, tenant_id: str, idempotency_key: str) -> ExecutionResult | None:
+        """The stored outcome for a key; None when there is none yet (absent, or a claim in flight)."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT result FROM executions WHERE tenant_id = ? AND idempotency_key = ?",
-                (tenant_id, idempotency_key),
-            ).fetchone()
-        return _RESULT.validate_json(row[0]) if row else None
+            row = self._read_row(self._conn, tenant_id, idempotency_key)
+        return _RESULT.validate_json(row[1]) if row and row[0] != _PENDING else None
 
     def get_exposure(self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str) -> Exposure:
         with self._lock:
@@ -161,83 +152,68 @@ class SQLiteExecutionStore:
             ).fetchone()
         return _TRADE.validate_json(row[0]) if row else None
 
-    def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]:
-        query = "SELECT document FROM ledger_trades"
-        query += (
-            " WHERE tenant_id = ? ORDER BY executed_at, path" if tenant_id else " ORDER BY executed_at, path"
-        )
+    def _select_under(self, table: str, column: str, order: str, prefix: str | None) -> list[tuple[str, str]]:
+        query = f"SELECT path, {column} FROM {table}"
+        params: tuple[str, ...] = ()
+        if prefix is not None:
+            query += " WHERE path >= ? AND path < ?"
+            params = _prefix_range(prefix)
         with self._lock:
-            rows = self._conn.execute(query, (tenant_id,) if tenant_id else ()).fetchall()
-        for (document,) in rows:
+            return self._conn.execute(f"{query} ORDER BY {order}, path", params).fetchall()
+
+    def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]:
+        prefix = f"tenants/{tenant_id}/ledger_trades/" if tenant_id else None
+        for _, document in self._select_under("ledger_trades", "document", "executed_at", prefix):
             yield _TRADE.validate_json(document)
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
-        query = "SELECT document FROM decisions"
-        query += (
-            " WHERE tenant_id = ? ORDER BY decided_at, rowid" if tenant_id else " ORDER BY decided_at, rowid"
-        )
-        with self._lock:
-            rows = self._conn.execute(query, (tenant_id,) if tenant_id else ()).fetchall()
-        for (document,) in rows:
-            yield _DECISION.validate_json(document)
+        prefix = f"tenants/{tenant_id}/decisions/" if tenant_id else None
+        for path, result in self._select_under("decisions", "result", "decided_at", prefix):
+            if result:  # a pending claim is not a decision yet
+                yield build_decision_record(_RESULT.validate_json(result), path.rsplit("/", 1)[1])
 
     # -- writes (each one atomic commit) ---------------------------------------------------
 
-    def _existing(self, conn: sqlite3.Connection, result: ExecutionResult) -> ExecutionResult | None:
-        row = conn.execute(
-            "SELECT result FROM executions WHERE tenant_id = ? AND idempotency_key = ?",
-            (result.tenant_id, result.idempotency_key),
-        ).fetchone()
-        return _RESULT.validate_json(row[0]) if row else None
-
     @staticmethod
-    def _insert_decision(conn: sqlite3.Connection, decision: DecisionRecord) -> None:
-        conn.execute(
-            "INSERT OR IGNORE INTO decisions "
-            "(path, tenant_id, decided_at, status, reason_code, asset_class, document) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                decision.path,
-                decision.tenant_id,
-                decision.decided_at.isoformat(),
-                decision.status.value,
-                decision.reason_code.value,
-                decision.asset_class.value,
-                _DECISION.dump_json(decision).decode(),
+    def _put_decision(
+        conn: sqlite3.Connection, result: ExecutionResult, *, create_only: bool = False
+    ) -> bool:
+        """Write a decision row; with ``create_only`` an existing row wins and False is returned."""
+        pending = result.status is ExecutionStatus.PENDING
+        cursor = conn.execute(
+            "INSERT INTO decisions (path, tenant_id, status, decided_at, result) VALUES (?, ?, ?, ?, ?) "
+            + (
+                "ON CONFLICT (path) DO NOTHING"
+                if create_only
+                else "ON CONFLICT (path) DO UPDATE SET status = excluded.status, result = excluded.result"
             ),
-        )
-
-    @staticmethod
-    def _upsert_execution(conn: sqlite3.Connection, result: ExecutionResult) -> None:
-        conn.execute(
-            "INSERT INTO executions (tenant_id, idempotency_key, status, result, updated_at) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET "
-            "status = excluded.status, result = excluded.result, updated_at = excluded.updated_at",
             (
+                decision_path(result.tenant_id, new_decision_id(result)),
                 result.tenant_id,
-                result.idempotency_key,
                 result.status.value,
-                _RESULT.dump_json(result).decode(),
                 result.decided_at.isoformat(),
+                "" if pending else _RESULT.dump_json(result).decode(),
             ),
         )
+        return cursor.rowcount == 1
 
-    def record_outcome(self, result: ExecutionResult, decision: DecisionRecord) -> ExecutionResult:
-        """An outcome that never reached the broker. First writer wins; later ones get its result."""
+    def _existing(self, conn: sqlite3.Connection, result: ExecutionResult) -> ExecutionResult | None:
+        row = self._read_row(conn, result.tenant_id, result.idempotency_key)
+        return _RESULT.validate_json(row[1]) if row and row[0] != _PENDING else None
+
+    def record_outcome(self, result: ExecutionResult) -> ExecutionResult | None:
+        """An outcome that never reached the broker. First writer wins: a later one gets the stored
+        result, or None while another worker's claim on the key is in flight."""
         with self._write() as conn:
-            if result.status is not ExecutionStatus.DRY_RUN:
-                existing = self._existing(conn, result)
-                if existing is not None:
-                    return existing
-                self._upsert_execution(conn, result)
-            self._insert_decision(conn, decision)
-        return result
+            if self._put_decision(conn, result, create_only=result.status is not ExecutionStatus.DRY_RUN):
+                return result
+            return self._existing(conn, result)
 
     def claim(self, result: ExecutionResult, trading_day: str, max_daily_trades: int) -> Claim:
+        """Take the key and a daily-trade slot in one commit. The row is a bare 'pending' marker."""
         with self._write() as conn:
-            existing = self._existing(conn, result)
-            if existing is not None:
-                return Claim(ClaimOutcome.DUPLICATE, existing=existing)
+            if self._read_row(conn, result.tenant_id, result.idempotency_key) is not None:
+                return Claim(ClaimOutcome.DUPLICATE, existing=self._existing(conn, result))
             row = conn.execute(
                 "SELECT trades FROM daily_trade_counts WHERE tenant_id = ? AND trading_day = ?",
                 (result.tenant_id, trading_day),
@@ -250,28 +226,20 @@ class SQLiteExecutionStore:
                 "ON CONFLICT (tenant_id, trading_day) DO UPDATE SET trades = trades + 1",
                 (result.tenant_id, trading_day),
             )
-            self._upsert_execution(conn, result)
+            self._put_decision(conn, result, create_only=True)
         return Claim(ClaimOutcome.CLAIMED, trades_today=trades_today + 1)
 
-    def record_trade(
-        self, result: ExecutionResult, trade: LedgerTrade, decision: DecisionRecord
-    ) -> ExecutionResult:
+    def record_trade(self, result: ExecutionResult, trade: LedgerTrade) -> ExecutionResult:
+        """The ledger row, the position and the final decision: one commit."""
         with self._write() as conn:
             try:
                 conn.execute(
-                    "INSERT INTO ledger_trades (path, tenant_id, trade_id, symbol, asset_class, "
-                    "side, qty, price, notional, executed_at, document) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO ledger_trades (path, tenant_id, trade_id, executed_at, document) "
+                    "VALUES (?, ?, ?, ?, ?)",
                     (
                         trade.path,
                         trade.tenant_id,
                         trade.trade_id,
-                        trade.symbol,
-                        trade.asset_class.value,
-                        trade.side.value,
-                        str(trade.qty),
-                        str(trade.price),
-                        str(trade.notional),
                         trade.executed_at.isoformat(),
                         _TRADE.dump_json(trade).decode(),
                     ),
@@ -284,9 +252,8 @@ class SQLiteExecutionStore:
             ).fetchone()
             current = Decimal(row[0]) if row else Decimal(0)
             conn.execute(
-                "INSERT INTO positions (tenant_id, broker_account_id, symbol, qty) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, broker_account_id, symbol) "
-                "DO UPDATE SET qty = excluded.qty",
+                "INSERT INTO positions (tenant_id, broker_account_id, symbol, qty) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (tenant_id, broker_account_id, symbol) DO UPDATE SET qty = excluded.qty",
                 (
                     trade.tenant_id,
                     trade.broker_account_id,
@@ -294,13 +261,10 @@ class SQLiteExecutionStore:
                     canonical_decimal(current + trade.side.sign * trade.qty),
                 ),
             )
-            self._upsert_execution(conn, result)
-            self._insert_decision(conn, decision)
+            self._put_decision(conn, result)
         return result
 
-    def settle_claim(
-        self, result: ExecutionResult, decision: DecisionRecord, trading_day: str
-    ) -> ExecutionResult:
+    def settle_claim(self, result: ExecutionResult, trading_day: str) -> ExecutionResult:
         with self._write() as conn:
             if result.status is ExecutionStatus.FAILED:
                 conn.execute(
@@ -308,6 +272,5 @@ class SQLiteExecutionStore:
                     "WHERE tenant_id = ? AND trading_day = ? AND trades > 0",
                     (result.tenant_id, trading_day),
                 )
-            self._upsert_execution(conn, result)
-            self._insert_decision(conn, decision)
+            self._put_decision(conn, result)
         return result

@@ -15,7 +15,7 @@ from backend.core.assets import AssetClass, quote_currency
 from backend.core.costs import spread_cost
 from backend.core.intents import Side
 from backend.core.orders import BrokerOrder, ExecutionResult, ExecutionStatus
-from backend.core.paths import decision_path, ledger_trade_path, trade_id_for
+from backend.core.paths import decision_id_for, decision_path, ledger_trade_path, trade_id_for
 from backend.core.reasons import ReasonCode
 from backend.core.risk import RiskDecision
 from backend.core.routing import RoutingDecision
@@ -112,16 +112,16 @@ class DecisionRecord:
     decided_at: datetime
 
 
-def build_decision_record(result: ExecutionResult) -> DecisionRecord:
+def new_decision_id(result: ExecutionResult) -> str:
+    """Keyed outcomes get one decision per key (retries cannot add a second); dry runs are re-runnable."""
+    if result.status is ExecutionStatus.DRY_RUN:
+        return "dr_" + uuid.uuid4().hex
+    return decision_id_for(result.tenant_id, result.idempotency_key)
+
+
+def build_decision_record(result: ExecutionResult, decision_id: str) -> DecisionRecord:
     intent = result.intent
     routing = result.routing
-    dry_run = result.status is ExecutionStatus.DRY_RUN
-    # Keyed outcomes get one record per key (retries cannot add a second); dry runs are re-runnable.
-    decision_id = (
-        "dr_" + uuid.uuid4().hex
-        if dry_run
-        else "dc_" + trade_id_for(result.tenant_id, result.idempotency_key)[3:]
-    )
     bid, ask = (routing.bid, routing.ask) if routing else (None, None)
     # An unusable (missing, crossed, non-positive) quote has no cost to speak of.
     cost = (
@@ -149,6 +149,6 @@ def build_decision_record(result: ExecutionResult) -> DecisionRecord:
         notional=cost.notional if cost else None,
         estimated_cost=cost.estimated_cost if cost else None,
         trade_id=result.trade_id,
-        dry_run=dry_run,
+        dry_run=result.status is ExecutionStatus.DRY_RUN,
         decided_at=result.decided_at,
     )

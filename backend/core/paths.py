@@ -7,10 +7,12 @@ store keys its rows by the same strings, so a row can be found by the path a use
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 _MAX_CLIENT_ORDER_ID = 128  # Alpaca's limit on client_order_id
 
 
+@lru_cache(maxsize=4096)
 def _digest(tenant_id: str, idempotency_key: str) -> str:
     return hashlib.sha256(f"{tenant_id}\x1f{idempotency_key}".encode()).hexdigest()
 
@@ -18,6 +20,11 @@ def _digest(tenant_id: str, idempotency_key: str) -> str:
 def trade_id_for(tenant_id: str, idempotency_key: str) -> str:
     """A document id that is safe in any path (no '/'), stable for one intent of one tenant."""
     return "tr_" + _digest(tenant_id, idempotency_key)[:40]
+
+
+def decision_id_for(tenant_id: str, idempotency_key: str) -> str:
+    """The decision document of a keyed intent: one per key, which is what makes retries idempotent."""
+    return "dc_" + _digest(tenant_id, idempotency_key)[:40]
 
 
 def client_order_id_for(tenant_id: str, idempotency_key: str) -> str:

@@ -52,6 +52,13 @@ class RiskDecision:
     checks: tuple[RiskCheck, ...]
 
 
+_REFUSAL_CODES = {
+    "kill_switch": ReasonCode.KILL_SWITCH,
+    "max_position_qty": ReasonCode.POSITION_LIMIT,
+    "max_daily_trades": ReasonCode.DAILY_LIMIT,
+}
+
+
 def _position_check(intent: OrderIntent, exposure: Exposure, limits: RiskLimits) -> RiskCheck:
     limit = limits.position_limit_for(intent.asset_class)
     current = exposure.position_qty
@@ -77,12 +84,7 @@ def check_risk(intent: OrderIntent, exposure: Exposure, limits: RiskLimits) -> R
             f"{exposure.trades_today} trades today (limit {limits.max_daily_trades})",
         ),
     )
-    codes = {
-        "kill_switch": ReasonCode.KILL_SWITCH,
-        "max_position_qty": ReasonCode.POSITION_LIMIT,
-        "max_daily_trades": ReasonCode.DAILY_LIMIT,
-    }
     for check in checks:
         if not check.passed:
-            return RiskDecision(False, codes[check.name], f"Risk refused: {check.detail}", checks)
+            return RiskDecision(False, _REFUSAL_CODES[check.name], f"Risk refused: {check.detail}", checks)
     return RiskDecision(True, ReasonCode.OK, "All risk checks passed", checks)

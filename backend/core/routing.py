@@ -84,12 +84,16 @@ class RoutingDecision:
 
 
 def format_pct(value: Decimal, other: Decimal) -> str:
-    """Percent with two decimals, as the seed writes it; more only when needed to tell the two apart."""
-    for places in (2, 3, 4, 5, 6):
-        text, other_text = f"{value * 100:.{places}f}", f"{other * 100:.{places}f}"
-        if text != other_text or value == other:
+    """Percent with two decimals, as the seed writes it; more only when needed to tell the two apart.
+
+    Display only: the comparison itself is made on the exact Decimals.
+    """
+    value_pct, other_pct = float(value) * 100, float(other) * 100
+    for places in (2, 4, 6):
+        text = f"{value_pct:.{places}f}"
+        if value == other or text != f"{other_pct:.{places}f}":
             return f"{text}%"
-    return f"{value * 100:.6f}%"
+    return f"{value_pct:.8f}%"
 
 
 def decide_route(

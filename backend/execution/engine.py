@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from backend.core.assets import AssetClass
 from backend.core.intents import OrderIntent, Side
-from backend.core.ledger import build_decision_record, build_ledger_trade
+from backend.core.ledger import build_ledger_trade
 from backend.core.orders import (
     BrokerOrder,
     BrokerOrderStatus,
@@ -30,7 +31,7 @@ from backend.core.orders import (
     OrderRequest,
     OrderType,
 )
-from backend.core.paths import client_order_id_for
+from backend.core.paths import client_order_id_for, ledger_trade_path, trade_id_for
 from backend.core.quotes import Quote
 from backend.core.reasons import ReasonCode
 from backend.core.risk import Exposure, RiskDecision, RiskLimits, check_risk
@@ -78,6 +79,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("msr.execution")
+
+IN_FLIGHT_REASON = "Another worker holds this idempotency key and is calling the broker"
 
 
 def log_intent_received(intent: OrderIntent, tenant_id: str, idempotency_key: str) -> None:
@@ -172,19 +175,8 @@ class ExecutionEngine:
     ) -> ExecutionResult:
         """Run one intent through the whole flow. ``quote`` lets a batch caller pass a prefetched quote."""
         if not isinstance(intent, OrderIntent):
-            try:
-                intent = OrderIntent.model_validate(intent)
-            except ValidationError as exc:
-                log_event(
-                    logger,
-                    "exec.intent_invalid",
-                    f"Invalid intent: {exc.error_count()} error(s)",
-                    logging.WARNING,
-                    errors=[{"field": ".".join(map(str, e["loc"])), "error": e["msg"]} for e in exc.errors()],
-                )
-                raise
+            intent = _validated_intent(intent)
         tenant_id = intent.tenant_id or self.settings.tenant_id
-        uid = intent.uid or self.settings.uid
         key = intent.resolved_idempotency_key()
         log_intent_received(intent, tenant_id, key)
 
@@ -198,37 +190,23 @@ class ExecutionEngine:
         else:
             routing = self.router.bypass(intent, quote=quote)
         log_smart_routing(routing, key)
-        result = ExecutionResult(
-            status=ExecutionStatus.PENDING,
-            reason_code=routing.reason_code,
-            reason=routing.reason,
-            idempotency_key=key,
-            tenant_id=tenant_id,
-            uid=uid,
-            intent=intent,
-            decided_at=now,
-            routing=routing,
-        )
+        draft = _Draft(intent, tenant_id, intent.uid or self.settings.uid, key, now, routing)
         if not routing.should_execute:
             status = ExecutionStatus.DOWNGRADED if routing.downgraded else ExecutionStatus.REJECTED
-            return self._finish_without_order(replace(result, status=status))
+            return self._finish_without_order(draft.result(status, routing.reason_code, routing.reason))
 
         trading_day = now.date().isoformat()
         exposure = self.store.get_exposure(tenant_id, intent.broker_account_id, intent.symbol, trading_day)
-        risk = self.risk.evaluate(intent, exposure)
-        result = replace(result, risk=risk)
-        if not risk.approved:
-            return self._finish_without_order(self._risk_refusal(result, risk))
+        draft.risk = self.risk.evaluate(intent, exposure)
+        if not draft.risk.approved:
+            return self._finish_without_order(draft.risk_refusal())
         if self.dry_run:
             return self._finish_without_order(
-                replace(
-                    result,
-                    status=ExecutionStatus.DRY_RUN,
-                    reason_code=ReasonCode.DRY_RUN,
-                    reason="Dry run: approved, not sent to the broker",
+                draft.result(
+                    ExecutionStatus.DRY_RUN, ReasonCode.DRY_RUN, "Dry run: approved, not sent to the broker"
                 )
             )
-        return self._place(result, exposure, trading_day)
+        return self._place(draft, exposure, trading_day)
 
     # -- outcomes ----------------------------------------------------------------------------
 
@@ -237,17 +215,10 @@ class ExecutionEngine:
         _log_outcome("exec.duplicate_intent", replayed)
         return replayed
 
-    def _risk_refusal(self, result: ExecutionResult, risk: RiskDecision) -> ExecutionResult:
-        return replace(
-            result,
-            status=ExecutionStatus.REJECTED,
-            reason_code=risk.reason_code,
-            reason=risk.reason,
-            risk=risk,
-        )
-
     def _finish_without_order(self, result: ExecutionResult) -> ExecutionResult:
-        stored = self.store.record_outcome(result, build_decision_record(result))
+        stored = self.store.record_outcome(result)
+        if stored is None:
+            return self._replay(_in_flight(result))
         if stored is not result:
             return self._replay(stored)
         if result.status is ExecutionStatus.REJECTED and result.risk is not None:
@@ -256,75 +227,142 @@ class ExecutionEngine:
             _log_outcome("exec.dry_run", result)
         return result
 
-    def _place(self, result: ExecutionResult, exposure: Exposure, trading_day: str) -> ExecutionResult:
-        claim = self.store.claim(result, trading_day, self.risk.limits.max_daily_trades)
-        if claim.outcome is ClaimOutcome.DUPLICATE and claim.existing is not None:
-            return self._replay(claim.existing)
+    def _place(self, draft: _Draft, exposure: Exposure, trading_day: str) -> ExecutionResult:
+        pending = draft.result(ExecutionStatus.PENDING, ReasonCode.IN_FLIGHT, IN_FLIGHT_REASON)
+        claim = self.store.claim(pending, trading_day, self.risk.limits.max_daily_trades)
+        if claim.outcome is ClaimOutcome.DUPLICATE:
+            return self._replay(claim.existing or pending)
         if claim.outcome is ClaimOutcome.DAILY_LIMIT:
             # Another worker used the last slot between our read and our claim.
-            risk = self.risk.evaluate(result.intent, replace(exposure, trades_today=claim.trades_today))
-            return self._finish_without_order(self._risk_refusal(result, risk))
+            draft.risk = self.risk.evaluate(draft.intent, replace(exposure, trades_today=claim.trades_today))
+            return self._finish_without_order(draft.risk_refusal())
 
-        intent = result.intent
+        intent = draft.intent
         request = OrderRequest(
-            client_order_id=client_order_id_for(result.tenant_id, result.idempotency_key),
+            client_order_id=client_order_id_for(draft.tenant_id, draft.key),
             broker_account_id=intent.broker_account_id,
             symbol=intent.symbol,
-            asset_class=intent.asset_class,
             side=intent.side,
             qty=intent.qty,
+            asset_class=intent.asset_class,
         )
         try:
             order = self.broker.submit_order(request)
         except BrokerRejectedError as exc:
-            failed = replace(
-                result, status=ExecutionStatus.FAILED, reason_code=exc.code, reason=f"Broker refused: {exc}"
-            )
+            failed = draft.result(ExecutionStatus.FAILED, exc.code, f"Broker refused: {exc}")
             return self._settle(failed, trading_day, "exec.order_failed")
         except BrokerOutcomeUnknownError as exc:
-            return self._settle(self._unknown(result, exc), trading_day, "exec.order_unknown")
+            return self._settle(draft.unknown(exc), trading_day, "exec.order_unknown")
         except Exception as exc:
             logger.exception("broker raised an unclassified error")
-            return self._settle(self._unknown(result, exc), trading_day, "exec.order_unknown")
-        return self._record_order(result, order, trading_day)
+            return self._settle(draft.unknown(exc), trading_day, "exec.order_unknown")
+        return self._record_order(draft, order, trading_day)
 
-    @staticmethod
-    def _unknown(result: ExecutionResult, exc: BaseException) -> ExecutionResult:
-        return replace(
-            result,
-            status=ExecutionStatus.UNKNOWN,
-            reason_code=ReasonCode.BROKER_OUTCOME_UNKNOWN,
-            reason=f"Broker outcome unknown ({type(exc).__name__}: {exc}); reconcile by client order id",
-        )
-
-    def _record_order(self, result: ExecutionResult, order: BrokerOrder, trading_day: str) -> ExecutionResult:
+    def _record_order(self, draft: _Draft, order: BrokerOrder, trading_day: str) -> ExecutionResult:
         if order.status in (BrokerOrderStatus.REJECTED, BrokerOrderStatus.CANCELED) and order.filled_qty == 0:
-            failed = replace(
-                result,
-                status=ExecutionStatus.FAILED,
-                reason_code=ReasonCode.BROKER_REJECTED,
-                reason=f"Broker {order.status.value} the order: {order.message or 'no reason given'}",
+            failed = draft.result(
+                ExecutionStatus.FAILED,
+                ReasonCode.BROKER_REJECTED,
+                f"Broker {order.status.value} the order: {order.message or 'no reason given'}",
                 broker_order=order,
             )
             return self._settle(failed, trading_day, "exec.order_failed")
-        placed = replace(
-            result,
-            status=ExecutionStatus.PLACED,
-            reason_code=ReasonCode.OK,
-            reason=f"Order {order.status.value}: {order.filled_qty} {order.symbol} @ {order.avg_fill_price}",
-            broker_order=order,
-        )
+        reason = f"Order {order.status.value}: {order.filled_qty} {order.symbol} @ {order.avg_fill_price}"
         if order.filled_qty <= 0:
             # Accepted, nothing filled yet: the ledger row is written when a fill is known.
-            return self._settle(placed, trading_day, "exec.order_placed")
-        trade = build_ledger_trade(placed)
-        placed = replace(placed, trade_id=trade.trade_id, ledger_path=trade.path)
-        self.store.record_trade(placed, trade, build_decision_record(placed))
+            accepted = draft.result(ExecutionStatus.PLACED, ReasonCode.OK, reason, broker_order=order)
+            return self._settle(accepted, trading_day, "exec.order_placed")
+        trade_id = trade_id_for(draft.tenant_id, draft.key)
+        placed = draft.result(
+            ExecutionStatus.PLACED,
+            ReasonCode.OK,
+            reason,
+            broker_order=order,
+            trade_id=trade_id,
+            ledger_path=ledger_trade_path(draft.tenant_id, trade_id),
+        )
+        self.store.record_trade(placed, build_ledger_trade(placed))
         _log_outcome("exec.order_placed", placed)
         return placed
 
     def _settle(self, result: ExecutionResult, trading_day: str, event: str) -> ExecutionResult:
-        self.store.settle_claim(result, build_decision_record(result), trading_day)
+        self.store.settle_claim(result, trading_day)
         severity = logging.INFO if result.status is ExecutionStatus.PLACED else logging.ERROR
         _log_outcome(event, result, severity)
         return result
+
+
+def _validated_intent(raw: Mapping[str, Any]) -> OrderIntent:
+    try:
+        return OrderIntent.model_validate(raw)
+    except ValidationError as exc:
+        log_event(
+            logger,
+            "exec.intent_invalid",
+            f"Invalid intent: {exc.error_count()} error(s)",
+            logging.WARNING,
+            errors=[{"field": ".".join(map(str, e["loc"])), "error": e["msg"]} for e in exc.errors()],
+        )
+        raise
+
+
+def _in_flight(result: ExecutionResult) -> ExecutionResult:
+    return replace(
+        result,
+        status=ExecutionStatus.PENDING,
+        reason_code=ReasonCode.IN_FLIGHT,
+        reason=IN_FLIGHT_REASON,
+    )
+
+
+class _Draft:
+    """What the engine knows about one intent so far; each outcome is built from it exactly once."""
+
+    __slots__ = ("intent", "key", "now", "risk", "routing", "tenant_id", "uid")
+
+    def __init__(
+        self, intent: OrderIntent, tenant_id: str, uid: str, key: str, now: datetime, routing: RoutingDecision
+    ) -> None:
+        self.intent = intent
+        self.tenant_id = tenant_id
+        self.uid = uid
+        self.key = key
+        self.now = now
+        self.routing = routing
+        self.risk: RiskDecision | None = None
+
+    def result(
+        self,
+        status: ExecutionStatus,
+        reason_code: ReasonCode,
+        reason: str,
+        broker_order: BrokerOrder | None = None,
+        trade_id: str | None = None,
+        ledger_path: str | None = None,
+    ) -> ExecutionResult:
+        return ExecutionResult(
+            status=status,
+            reason_code=reason_code,
+            reason=reason,
+            idempotency_key=self.key,
+            tenant_id=self.tenant_id,
+            uid=self.uid,
+            intent=self.intent,
+            decided_at=self.now,
+            routing=self.routing,
+            risk=self.risk,
+            broker_order=broker_order,
+            trade_id=trade_id,
+            ledger_path=ledger_path,
+        )
+
+    def risk_refusal(self) -> ExecutionResult:
+        assert self.risk is not None
+        return self.result(ExecutionStatus.REJECTED, self.risk.reason_code, self.risk.reason)
+
+    def unknown(self, exc: BaseException) -> ExecutionResult:
+        return self.result(
+            ExecutionStatus.UNKNOWN,
+            ReasonCode.BROKER_OUTCOME_UNKNOWN,
+            f"Broker outcome unknown ({type(exc).__name__}: {exc}); reconcile by client order id",
+        )

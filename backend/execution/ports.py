@@ -107,26 +107,28 @@ class Claim:
 class ExecutionStore(Protocol):
     """The engine's unit of work. Each method is one atomic commit."""
 
-    def get_execution(self, tenant_id: str, idempotency_key: str) -> ExecutionResult | None: ...
+    def get_execution(self, tenant_id: str, idempotency_key: str) -> ExecutionResult | None:
+        """The stored outcome for a key; None when there is none yet (absent, or a claim in flight)."""
+        ...
 
     def get_exposure(
         self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str
     ) -> Exposure: ...
 
-    def record_outcome(self, result: ExecutionResult, decision: DecisionRecord) -> ExecutionResult: ...
+    def record_outcome(self, result: ExecutionResult) -> ExecutionResult | None:
+        """Record an outcome that never reached the broker. An earlier outcome for the key wins and
+        is returned; None while another worker's claim on the key is in flight."""
+        ...
 
-    def claim(self, result: ExecutionResult, trading_day: str, max_daily_trades: int) -> Claim: ...
+    def claim(self, result: ExecutionResult, trading_day: str, max_daily_trades: int) -> Claim:
+        """Create-only: take the key and a daily-trade slot together, or say why not."""
+        ...
 
-    def record_trade(
-        self,
-        result: ExecutionResult,
-        trade: LedgerTrade,
-        decision: DecisionRecord,
-    ) -> ExecutionResult: ...
+    def record_trade(self, result: ExecutionResult, trade: LedgerTrade) -> ExecutionResult:
+        """The ledger row, the position and the final outcome, in one commit."""
+        ...
 
-    def settle_claim(
-        self, result: ExecutionResult, decision: DecisionRecord, trading_day: str
-    ) -> ExecutionResult:
+    def settle_claim(self, result: ExecutionResult, trading_day: str) -> ExecutionResult:
         """Close a claim that placed nothing (failed: frees the daily slot) or is unknown (keeps it)."""
         ...
 

@@ -6,13 +6,15 @@ what happened (``exec.smart_routing``...). Fields that look like secrets are mas
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from datetime import UTC, datetime
+import time
 from decimal import Decimal
 from enum import Enum
+from functools import lru_cache
 from typing import Any, TextIO
+
+import orjson
 
 _SEVERITY = {
     logging.DEBUG: "DEBUG",
@@ -25,6 +27,7 @@ _SECRET_NAMES = ("secret", "password", "token", "authorization", "api_key", "api
 REDACTED = "[REDACTED]"
 
 
+@lru_cache(maxsize=1024)
 def _is_secret(name: str) -> bool:
     lowered = name.lower()
     return any(marker in lowered for marker in _SECRET_NAMES)
@@ -33,19 +36,36 @@ def _is_secret(name: str) -> bool:
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
     if isinstance(value, Enum):
         return value.value
     return str(value)
 
 
+class _UtcSecondCache:
+    """RFC 3339 timestamps: the seconds part formatted once per second, the milliseconds appended."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def format(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
+
+
 class CloudLoggingFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._clock = _UtcSecondCache()
+
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "severity": _SEVERITY.get(record.levelno, record.levelname),
             "message": record.getMessage(),
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "time": self._clock.format(record.created),
             "logger": record.name,
         }
         fields = getattr(record, "fields", None)
@@ -54,15 +74,21 @@ class CloudLoggingFormatter(logging.Formatter):
                 payload[name] = REDACTED if _is_secret(name) else value
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=_json_default, separators=(",", ":"))
+        return orjson.dumps(payload, default=_json_default).decode()
 
 
 def log_event(
     logger: logging.Logger, event: str, message: str, severity: int = logging.INFO, **fields: Any
 ) -> None:
-    """Log one event. Costs one level check when the level is off."""
+    """Log one event. Costs one level check when the level is off.
+
+    The record is made directly (no caller lookup: the event name says where it comes from).
+    """
     if logger.isEnabledFor(severity):
-        logger.log(severity, message, extra={"fields": {"event": event, **fields}})
+        fields = {"event": event, **fields}
+        logger.handle(
+            logger.makeRecord(logger.name, severity, "", 0, message, (), None, extra={"fields": fields})
+        )
 
 
 def configure_logging(level: int | str = logging.INFO, stream: TextIO | None = None) -> None:
