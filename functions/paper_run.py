@@ -142,16 +142,16 @@ class Progress:
 
 def run_paper(config: PaperRunConfig, progress_stream: TextIO | None = None) -> PaperRunReport:
     started = time.perf_counter()
+    # Everything that can refuse the input runs before the old ledger is touched.
+    strategy = STRATEGIES[config.strategy](dict(config.strategy_config))
+    clock = ManualClock(_EPOCH)
+    market = TapeMarketData(config.tapes, clock)
+    total_quotes = market.count(config.symbols)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     ledger_path = config.out_dir / "ledger.sqlite3"
     if not config.keep_ledger:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{ledger_path}{suffix}").unlink(missing_ok=True)
-
-    strategy = STRATEGIES[config.strategy](dict(config.strategy_config))
-    clock = ManualClock(_EPOCH)
-    market = TapeMarketData(config.tapes, clock)
-    total_quotes = market.count(config.symbols)
     store = SQLiteExecutionStore(ledger_path)
     settings = ExecSettings(dry_run=False, tenant_id=config.tenant_id, uid=config.uid)
     engine = ExecutionEngine(

@@ -98,6 +98,7 @@ class TestOrderIntent:
             ("qty", -1, "greater than 0"),
             ("qty", float("nan"), "finite"),
             ("qty", float("inf"), "finite"),
+            ("qty", "1.0000000000000000000000000001", "more than 15 significant digits"),
             ("side", "short", "'buy' or 'sell'"),
             ("asset_class", "BONDS", "unknown asset class"),
             ("strategy_id", "  ", "at least 1 character"),
@@ -402,7 +403,32 @@ class TestExecutionEngineSmartRouting:
         assert failed.reason_code is ReasonCode.BROKER_REJECTED
         assert "insufficient buying power" in failed.reason
         assert list(store.iter_ledger_trades()) == []
-        assert store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat()).trades_today == 0
+        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat())
+        assert (exposure.trades_today, exposure.pending_qty, exposure.position_qty) == (0, 0, 0)
+
+    def test_lost_answer_keeps_its_quantity_in_flight_against_the_position_limit(
+        self, make_engine: EngineFactory, broker: CountingBroker, store: SQLiteExecutionStore
+    ) -> None:
+        def lose(request: OrderRequest) -> BrokerOrder:
+            raise BrokerOutcomeUnknownError("read timed out")
+
+        engine = make_engine(RiskLimits(max_position_qty=Decimal(15)))
+        real_submit = broker.submit_order
+        broker.submit_order = lose  # type: ignore[method-assign]
+        assert engine.execute_intent(intent(qty=10, idempotency_key="lost")).status is ExecutionStatus.UNKNOWN
+        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat())
+        assert (exposure.position_qty, exposure.pending_qty, exposure.trades_today) == (0, 10, 1)
+        broker.submit_order = real_submit  # type: ignore[method-assign]
+        refused = engine.execute_intent(intent(qty=10, idempotency_key="next"))
+        assert refused.reason_code is ReasonCode.POSITION_LIMIT
+        assert "incl. 10 in flight" in refused.reason
+
+    def test_filled_order_moves_pending_into_the_position(
+        self, make_engine: EngineFactory, store: SQLiteExecutionStore
+    ) -> None:
+        make_engine().execute_intent(intent(qty=7))
+        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat())
+        assert (exposure.position_qty, exposure.pending_qty) == (7, 0)
 
     @pytest.mark.parametrize("error", [BrokerOutcomeUnknownError("read timed out"), ConnectionError("reset")])
     def test_lost_broker_answer_is_unknown_not_failed_and_is_not_resent(

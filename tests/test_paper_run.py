@@ -183,3 +183,16 @@ def test_unknown_symbol_exits_2_naming_the_tapes_symbols(
     for symbol in TAPE_SYMBOLS:
         assert symbol in err
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_refused_input_leaves_the_previous_ledger_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--out", str(tmp_path), "--no-progress", "--symbol", "BTC/USDT"]) == 0
+    ledger = tmp_path / "ledger.sqlite3"
+    before = ledger.stat().st_size
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--no-progress", "--symbol", "NOPE"])
+    assert ledger.exists()
+    assert ledger.stat().st_size == before
+    capsys.readouterr()

@@ -104,16 +104,6 @@ def ledger_row_count(db_path: Path) -> int:
         return conn.execute("SELECT COUNT(*) FROM ledger_trades").fetchone()[0]
 
 
-def create_store_file(db_path: Path) -> None:
-    """Create the file and its schema once, before the workers open their own stores on it.
-
-    Several stores opening a *new* file at the same moment intermittently fail with "database is
-    locked": switching a fresh file to WAL does not wait on the busy timeout. The races under test
-    are the claim and the daily count, so the file exists before the workers start.
-    """
-    SQLiteExecutionStore(db_path).close()
-
-
 def run_in_threads(
     db_path: Path,
     venue: Venue,
@@ -123,7 +113,6 @@ def run_in_threads(
     """THREADS workers, each with its OWN store (connection) on the same file and its own engine,
     released together by a barrier. A worker that fails before the barrier breaks it, so the test
     fails at once with that worker's error instead of waiting for the barrier's timeout."""
-    create_store_file(db_path)
     barrier = threading.Barrier(THREADS)
 
     def worker(index: int) -> ExecutionResult:
@@ -316,6 +305,46 @@ def test_eight_threads_with_own_stores_executing_the_same_intent_make_one_order_
     assert ledger_row_count(db_path) == 1
 
 
+def test_eight_threads_opening_a_new_file_at_once_all_succeed(db_path: Path) -> None:
+    # Switching a fresh file to WAL does not wait on the busy timeout; the store retries it.
+    barrier = threading.Barrier(THREADS)
+
+    def open_store(_index: int) -> int:
+        barrier.wait(BARRIER_TIMEOUT)
+        store = SQLiteExecutionStore(db_path)
+        try:
+            return store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            store.close()
+
+    for _ in range(5):
+        db_path.unlink(missing_ok=True)
+        with ThreadPoolExecutor(THREADS) as pool:
+            assert all(pool.map(open_store, range(THREADS)))
+
+
+def test_position_limit_race_eight_threads_cannot_share_the_same_headroom(
+    db_path: Path, venue: Venue
+) -> None:
+    # Limit 100, each buys 60: one at a time only the first fits, and so it must be under a race.
+    results = run_in_threads(
+        db_path,
+        venue,
+        lambda index, engine: engine.execute_intent(make_intent(f"position-race-{index}", qty=60)),
+        RiskLimits(max_position_qty=Decimal(100)),
+    )
+
+    statuses = Counter((r.status, r.reason_code) for r in results)
+    assert statuses == {
+        (ExecutionStatus.PLACED, ReasonCode.OK): 1,
+        (ExecutionStatus.REJECTED, ReasonCode.POSITION_LIMIT): THREADS - 1,
+    }
+    assert venue.broker.calls == 1
+    with SQLiteExecutionStore(db_path) as store:
+        exposure = store.get_exposure(TENANT, "paper_acct", "AAPL", T0.date().isoformat())
+    assert (exposure.position_qty, exposure.pending_qty) == (Decimal(60), Decimal(0))
+
+
 def test_daily_limit_race_eight_threads_eight_intents_limit_three_places_exactly_three(
     db_path: Path, venue: Venue
 ) -> None:
@@ -368,7 +397,7 @@ def daily_limit_process_worker(db_path: str, key: str, barrier: Any, results: An
 
 
 def test_daily_limit_race_across_four_processes_writes_exactly_the_limit(db_path: Path) -> None:
-    create_store_file(db_path)
+    SQLiteExecutionStore(db_path).close()
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(PROCESSES)
     queue = ctx.Queue()

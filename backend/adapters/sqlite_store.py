@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -19,10 +20,10 @@ from pydantic import TypeAdapter
 
 from backend.core.intents import canonical_decimal
 from backend.core.ledger import DecisionRecord, LedgerTrade, build_decision_record, new_decision_id
-from backend.core.orders import ExecutionResult, ExecutionStatus
+from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
 from backend.core.paths import decision_id_for, decision_path, ledger_trade_path
 from backend.core.risk import Exposure
-from backend.execution.ports import Claim, ClaimOutcome
+from backend.execution.ports import Claim, ClaimOutcome, RiskCheck
 
 _RESULT = TypeAdapter(ExecutionResult)
 _PENDING = ExecutionStatus.PENDING.value
@@ -61,11 +62,13 @@ CREATE TABLE IF NOT EXISTS daily_trade_counts (
     PRIMARY KEY (tenant_id, trading_day)
 ) WITHOUT ROWID;
 
+-- qty: filled, signed. pending_qty: signed quantity claimed but not yet filled (see Exposure).
 CREATE TABLE IF NOT EXISTS positions (
     tenant_id TEXT NOT NULL,
     broker_account_id TEXT NOT NULL,
     symbol TEXT NOT NULL,
     qty TEXT NOT NULL,
+    pending_qty TEXT NOT NULL DEFAULT '0',
     PRIMARY KEY (tenant_id, broker_account_id, symbol)
 ) WITHOUT ROWID;
 """
@@ -74,6 +77,23 @@ CREATE TABLE IF NOT EXISTS positions (
 def _prefix_range(prefix: str) -> tuple[str, str]:
     """Bounds that select every path under ``prefix`` through the primary key ('/' + 1 is '0')."""
     return prefix, prefix[:-1] + "0"
+
+
+_BUSY_TIMEOUT_S = 30.0
+
+
+def _retry_while_locked(statement: Callable[[], object]) -> None:
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    delay = 0.001
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 class LedgerIntegrityError(RuntimeError):
@@ -91,6 +111,12 @@ class SQLiteExecutionStore:
         # NORMAL in WAL mode: a commit survives a process crash; a power cut may lose the last few.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+
+    def __enter__(self) -> SQLiteExecutionStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         with self._lock:
@@ -119,20 +145,28 @@ class SQLiteExecutionStore:
             row = self._read_row(self._conn, tenant_id, idempotency_key)
         return _RESULT.validate_json(row[1]) if row and row[0] != _PENDING else None
 
-    def get_exposure(self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str) -> Exposure:
-        with self._lock:
-            position = self._conn.execute(
-                "SELECT qty FROM positions WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?",
-                (tenant_id, broker_account_id, symbol),
-            ).fetchone()
-            count = self._conn.execute(
-                "SELECT trades FROM daily_trade_counts WHERE tenant_id = ? AND trading_day = ?",
-                (tenant_id, trading_day),
-            ).fetchone()
+    @staticmethod
+    def _read_exposure(
+        conn: sqlite3.Connection, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str
+    ) -> Exposure:
+        position = conn.execute(
+            "SELECT qty, pending_qty FROM positions "
+            "WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?",
+            (tenant_id, broker_account_id, symbol),
+        ).fetchone()
+        count = conn.execute(
+            "SELECT trades FROM daily_trade_counts WHERE tenant_id = ? AND trading_day = ?",
+            (tenant_id, trading_day),
+        ).fetchone()
         return Exposure(
             position_qty=Decimal(position[0]) if position else Decimal(0),
             trades_today=count[0] if count else 0,
+            pending_qty=Decimal(position[1]) if position else Decimal(0),
         )
+
+    def get_exposure(self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str) -> Exposure:
+        with self._lock:
+            return self._read_exposure(self._conn, tenant_id, broker_account_id, symbol, trading_day)
 
     def positions(self, tenant_id: str) -> dict[str, Decimal]:
         with self._lock:
@@ -209,28 +243,54 @@ class SQLiteExecutionStore:
                 return result
             return self._existing(conn, result)
 
-    def claim(self, result: ExecutionResult, trading_day: str, max_daily_trades: int) -> Claim:
-        """Take the key and a daily-trade slot in one commit. The row is a bare 'pending' marker."""
+    @staticmethod
+    def _move_position(
+        conn: sqlite3.Connection, result: ExecutionResult, filled: Decimal, pending: Decimal
+    ) -> None:
+        """Add signed ``filled`` to the position and signed ``pending`` to its in-flight quantity."""
+        intent = result.intent
+        key = (result.tenant_id, intent.broker_account_id, intent.symbol)
+        row = conn.execute(
+            "SELECT qty, pending_qty FROM positions WHERE tenant_id = ? AND broker_account_id = ? "
+            "AND symbol = ?",
+            key,
+        ).fetchone()
+        qty, pending_qty = (Decimal(row[0]), Decimal(row[1])) if row else (Decimal(0), Decimal(0))
+        conn.execute(
+            "INSERT INTO positions (tenant_id, broker_account_id, symbol, qty, pending_qty) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, broker_account_id, symbol) "
+            "DO UPDATE SET qty = excluded.qty, pending_qty = excluded.pending_qty",
+            (*key, canonical_decimal(qty + filled), canonical_decimal(pending_qty + pending)),
+        )
+
+    def claim(self, result: ExecutionResult, trading_day: str, check: RiskCheck) -> Claim:
+        """Check and reserve in one commit: the key, a daily-trade slot and the pending quantity."""
+        intent = result.intent
         with self._write() as conn:
             if self._read_row(conn, result.tenant_id, result.idempotency_key) is not None:
                 return Claim(ClaimOutcome.DUPLICATE, existing=self._existing(conn, result))
-            row = conn.execute(
-                "SELECT trades FROM daily_trade_counts WHERE tenant_id = ? AND trading_day = ?",
-                (result.tenant_id, trading_day),
-            ).fetchone()
-            trades_today = row[0] if row else 0
-            if trades_today >= max_daily_trades:
-                return Claim(ClaimOutcome.DAILY_LIMIT, trades_today=trades_today)
+            exposure = self._read_exposure(
+                conn, result.tenant_id, intent.broker_account_id, intent.symbol, trading_day
+            )
+            decision = check(exposure)
+            if not decision.approved:
+                return Claim(ClaimOutcome.REFUSED, risk=decision)
             conn.execute(
                 "INSERT INTO daily_trade_counts (tenant_id, trading_day, trades) VALUES (?, ?, 1) "
                 "ON CONFLICT (tenant_id, trading_day) DO UPDATE SET trades = trades + 1",
                 (result.tenant_id, trading_day),
             )
+            self._move_position(conn, result, Decimal(0), intent.side.sign * intent.qty)
             self._put_decision(conn, result, create_only=True)
-        return Claim(ClaimOutcome.CLAIMED, trades_today=trades_today + 1)
+        return Claim(ClaimOutcome.CLAIMED, risk=decision)
 
     def record_trade(self, result: ExecutionResult, trade: LedgerTrade) -> ExecutionResult:
         """The ledger row, the position and the final decision: one commit."""
+        order = trade.broker
+        # An order still open after a partial fill keeps its unfilled rest in flight.
+        released = (
+            order.filled_qty if order.status is BrokerOrderStatus.PARTIALLY_FILLED else result.intent.qty
+        )
         with self._write() as conn:
             try:
                 conn.execute(
@@ -246,21 +306,8 @@ class SQLiteExecutionStore:
                 )
             except sqlite3.IntegrityError as exc:
                 raise LedgerIntegrityError(f"ledger row {trade.path} already exists") from exc
-            row = conn.execute(
-                "SELECT qty FROM positions WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?",
-                (trade.tenant_id, trade.broker_account_id, trade.symbol),
-            ).fetchone()
-            current = Decimal(row[0]) if row else Decimal(0)
-            conn.execute(
-                "INSERT INTO positions (tenant_id, broker_account_id, symbol, qty) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (tenant_id, broker_account_id, symbol) DO UPDATE SET qty = excluded.qty",
-                (
-                    trade.tenant_id,
-                    trade.broker_account_id,
-                    trade.symbol,
-                    canonical_decimal(current + trade.side.sign * trade.qty),
-                ),
-            )
+            sign = trade.side.sign
+            self._move_position(conn, result, sign * trade.qty, -sign * released)
             self._put_decision(conn, result)
         return result
 
@@ -272,5 +319,7 @@ class SQLiteExecutionStore:
                     "WHERE tenant_id = ? AND trading_day = ? AND trades > 0",
                     (result.tenant_id, trading_day),
                 )
+                intent = result.intent
+                self._move_position(conn, result, Decimal(0), -intent.side.sign * intent.qty)
             self._put_decision(conn, result)
         return result

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from decimal import Decimal
+from decimal import Context, Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -33,9 +33,16 @@ NonEmptyId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=
 
 
 def canonical_decimal(value: Decimal) -> str:
-    """One spelling per number ('10', not '10.0' or '1E+1'), for keys and documents."""
-    text = format(value.normalize(), "f")
-    return text if text != "-0" else "0"
+    """One spelling per number ('10', not '10.0' or '1E+1'), for keys and documents. Never rounds."""
+    if value.is_zero():
+        return "0"
+    exact = Context(prec=max(len(value.as_tuple().digits), 1))
+    return format(value.normalize(exact), "f")
+
+
+# 15 significant digits cover any order a venue accepts (0.00000001 BTC steps up to 9,999,999 BTC)
+# and leave 13 digits of price inside Decimal's default 28-digit precision: a notional never rounds.
+MAX_QTY_DIGITS = 15
 
 
 class OrderIntent(BaseModel):
@@ -71,7 +78,10 @@ class OrderIntent(BaseModel):
     @field_validator("qty")
     @classmethod
     def _canonical_qty(cls, value: Decimal) -> Decimal:
-        return Decimal(canonical_decimal(value))
+        canonical = Decimal(canonical_decimal(value))
+        if len(canonical.as_tuple().digits) > MAX_QTY_DIGITS:
+            raise ValueError(f"qty has more than {MAX_QTY_DIGITS} significant digits: {value}")
+        return canonical
 
     @field_validator("side", mode="before")
     @classmethod

@@ -31,10 +31,15 @@ class RiskLimits:
 
 @dataclass(frozen=True, slots=True)
 class Exposure:
-    """What the tenant already holds and has done today, read from the store by the caller."""
+    """What the tenant holds and has done today, read from the store by the caller.
+
+    ``pending_qty`` is the signed quantity of orders claimed but not yet filled: counted against the
+    position limit so that concurrent workers cannot each use the same headroom.
+    """
 
     position_qty: Decimal = Decimal(0)
     trades_today: int = 0
+    pending_qty: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +66,13 @@ _REFUSAL_CODES = {
 
 def _position_check(intent: OrderIntent, exposure: Exposure, limits: RiskLimits) -> RiskCheck:
     limit = limits.position_limit_for(intent.asset_class)
-    current = exposure.position_qty
+    current = exposure.position_qty + exposure.pending_qty
     resulting = current + intent.side.sign * intent.qty
     # A trade that shrinks the position is always allowed: refusing it would trap the risk.
     reduces = abs(resulting) < abs(current)
     passed = reduces or abs(resulting) <= limit
-    detail = f"position {current} -> {resulting} (limit {limit})"
+    pending = f" incl. {exposure.pending_qty} in flight" if exposure.pending_qty else ""
+    detail = f"position {current}{pending} -> {resulting} (limit {limit})"
     return RiskCheck("max_position_qty", passed, detail)
 
 

@@ -93,7 +93,7 @@ def format_pct(value: Decimal, other: Decimal) -> str:
         text = f"{value_pct:.{places}f}"
         if value == other or text != f"{other_pct:.{places}f}":
             return f"{text}%"
-    return f"{value_pct:.8f}%"
+    return f"{value * 100:f}%"  # closer than floats can show: print the exact Decimal
 
 
 def decide_route(

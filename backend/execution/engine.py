@@ -16,6 +16,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
@@ -196,17 +197,19 @@ class ExecutionEngine:
             return self._finish_without_order(draft.result(status, routing.reason_code, routing.reason))
 
         trading_day = now.date().isoformat()
-        exposure = self.store.get_exposure(tenant_id, intent.broker_account_id, intent.symbol, trading_day)
-        draft.risk = self.risk.evaluate(intent, exposure)
-        if not draft.risk.approved:
-            return self._finish_without_order(draft.risk_refusal())
         if self.dry_run:
+            exposure = self.store.get_exposure(
+                tenant_id, intent.broker_account_id, intent.symbol, trading_day
+            )
+            draft.risk = self.risk.evaluate(intent, exposure)
+            if not draft.risk.approved:
+                return self._finish_without_order(draft.risk_refusal())
             return self._finish_without_order(
                 draft.result(
                     ExecutionStatus.DRY_RUN, ReasonCode.DRY_RUN, "Dry run: approved, not sent to the broker"
                 )
             )
-        return self._place(draft, exposure, trading_day)
+        return self._place(draft, trading_day)
 
     # -- outcomes ----------------------------------------------------------------------------
 
@@ -227,14 +230,15 @@ class ExecutionEngine:
             _log_outcome("exec.dry_run", result)
         return result
 
-    def _place(self, draft: _Draft, exposure: Exposure, trading_day: str) -> ExecutionResult:
+    def _place(self, draft: _Draft, trading_day: str) -> ExecutionResult:
+        """Risk is checked inside the claim, atomically with reserving the key, the daily slot and
+        the quantity: two workers cannot both spend the same headroom."""
         pending = draft.result(ExecutionStatus.PENDING, ReasonCode.IN_FLIGHT, IN_FLIGHT_REASON)
-        claim = self.store.claim(pending, trading_day, self.risk.limits.max_daily_trades)
+        claim = self.store.claim(pending, trading_day, partial(self.risk.evaluate, draft.intent))
         if claim.outcome is ClaimOutcome.DUPLICATE:
             return self._replay(claim.existing or pending)
-        if claim.outcome is ClaimOutcome.DAILY_LIMIT:
-            # Another worker used the last slot between our read and our claim.
-            draft.risk = self.risk.evaluate(draft.intent, replace(exposure, trades_today=claim.trades_today))
+        draft.risk = claim.risk
+        if claim.outcome is ClaimOutcome.REFUSED:
             return self._finish_without_order(draft.risk_refusal())
 
         intent = draft.intent

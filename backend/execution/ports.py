@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -16,7 +16,7 @@ from backend.core.ledger import DecisionRecord, LedgerTrade
 from backend.core.orders import BrokerOrder, ExecutionResult, OrderRequest
 from backend.core.quotes import Quote, require_utc
 from backend.core.reasons import ReasonCode
-from backend.core.risk import Exposure
+from backend.core.risk import Exposure, RiskDecision
 
 
 class Clock(Protocol):
@@ -93,15 +93,18 @@ class Broker(ABC):
 
 class ClaimOutcome(StrEnum):
     CLAIMED = "claimed"
-    DUPLICATE = "duplicate"
-    DAILY_LIMIT = "daily_limit"
+    DUPLICATE = "duplicate"  # the key has an outcome (``existing``) or another worker holds it
+    REFUSED = "refused"  # the risk check, run inside the claim, said no (``risk``)
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
     outcome: ClaimOutcome
     existing: ExecutionResult | None = None
-    trades_today: int = 0
+    risk: RiskDecision | None = None
+
+
+RiskCheck = Callable[[Exposure], RiskDecision]
 
 
 class ExecutionStore(Protocol):
@@ -120,8 +123,9 @@ class ExecutionStore(Protocol):
         is returned; None while another worker's claim on the key is in flight."""
         ...
 
-    def claim(self, result: ExecutionResult, trading_day: str, max_daily_trades: int) -> Claim:
-        """Create-only: take the key and a daily-trade slot together, or say why not."""
+    def claim(self, result: ExecutionResult, trading_day: str, check: RiskCheck) -> Claim:
+        """Atomically: read the exposure, run ``check`` on it, and if approved take the key, a
+        daily-trade slot and the order's quantity as pending exposure. Or say why not."""
         ...
 
     def record_trade(self, result: ExecutionResult, trade: LedgerTrade) -> ExecutionResult:
@@ -129,7 +133,8 @@ class ExecutionStore(Protocol):
         ...
 
     def settle_claim(self, result: ExecutionResult, trading_day: str) -> ExecutionResult:
-        """Close a claim that placed nothing (failed: frees the daily slot) or is unknown (keeps it)."""
+        """Close a claim without a fill: failed frees the daily slot and the pending quantity;
+        unknown and accepted-unfilled keep both until reconciliation."""
         ...
 
     def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerTrade | None: ...
