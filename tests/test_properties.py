@@ -420,5 +420,5 @@ def test_intent_qty_spellings_of_one_number_share_one_idempotency_key(
     keys = {intent.resolved_idempotency_key() for intent in intents}
     assert len(keys) == 1
     # ...while a different quantity is a different intent.
-    other = make_intent(symbol, side, value + Decimal("0.00000001"))
+    other = make_intent(symbol, side, value * 2)
     assert other.resolved_idempotency_key() not in keys
