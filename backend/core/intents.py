@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from decimal import Context, Decimal
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -34,10 +34,10 @@ NonEmptyId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=
 
 def canonical_decimal(value: Decimal) -> str:
     """One spelling per number ('10', not '10.0' or '1E+1'), for keys and documents. Never rounds."""
-    if value.is_zero():
-        return "0"
-    exact = Context(prec=max(len(value.as_tuple().digits), 1))
-    return format(value.normalize(exact), "f")
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
 
 
 # 15 significant digits cover any order a venue accepts (0.00000001 BTC steps up to 9,999,999 BTC)

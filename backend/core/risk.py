@@ -12,7 +12,7 @@ from decimal import Decimal
 from types import MappingProxyType
 
 from backend.core.assets import AssetClass
-from backend.core.intents import OrderIntent
+from backend.core.intents import OrderIntent, Side
 from backend.core.reasons import ReasonCode
 
 
@@ -67,7 +67,7 @@ _REFUSAL_CODES = {
 def _position_check(intent: OrderIntent, exposure: Exposure, limits: RiskLimits) -> RiskCheck:
     limit = limits.position_limit_for(intent.asset_class)
     current = exposure.position_qty + exposure.pending_qty
-    resulting = current + intent.side.sign * intent.qty
+    resulting = current + intent.qty if intent.side is Side.BUY else current - intent.qty
     # A trade that shrinks the position is always allowed: refusing it would trap the risk.
     reduces = abs(resulting) < abs(current)
     passed = reduces or abs(resulting) <= limit
@@ -76,13 +76,13 @@ def _position_check(intent: OrderIntent, exposure: Exposure, limits: RiskLimits)
     return RiskCheck("max_position_qty", passed, detail)
 
 
+_KILL_SWITCH_ON = RiskCheck("kill_switch", False, "kill switch engaged")
+_KILL_SWITCH_OFF = RiskCheck("kill_switch", True, "kill switch off")
+
+
 def check_risk(intent: OrderIntent, exposure: Exposure, limits: RiskLimits) -> RiskDecision:
     checks = (
-        RiskCheck(
-            "kill_switch",
-            not limits.kill_switch,
-            "kill switch engaged" if limits.kill_switch else "kill switch off",
-        ),
+        _KILL_SWITCH_ON if limits.kill_switch else _KILL_SWITCH_OFF,
         _position_check(intent, exposure, limits),
         RiskCheck(
             "max_daily_trades",

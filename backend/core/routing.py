@@ -96,6 +96,12 @@ def format_pct(value: Decimal, other: Decimal) -> str:
     return f"{value * 100:f}%"  # closer than floats can show: print the exact Decimal
 
 
+def _verdict(label: str, value: Decimal, threshold: Decimal, exceeds: bool) -> str:
+    """'Spread 0.15% exceeds threshold 0.10%': the seed's wording."""
+    verdict = "exceeds" if exceeds else "within"
+    return f"{label} {format_pct(value, threshold)} {verdict} threshold {format_pct(threshold, value)}"
+
+
 def decide_route(
     intent: OrderIntent, quote: Quote | None, policy: RoutingPolicy, now: datetime
 ) -> RoutingDecision:
@@ -104,12 +110,10 @@ def decide_route(
     if intent.estimated_slippage is not None:
         slippage = to_decimal(intent.estimated_slippage, "estimated_slippage")
         too_high = slippage > threshold
-        verdict = "exceeds" if too_high else "within"
         return RoutingDecision(
             should_execute=not too_high,
             reason_code=ReasonCode.SLIPPAGE_TOO_HIGH if too_high else ReasonCode.OK,
-            reason=f"Estimated slippage {format_pct(slippage, threshold)} {verdict} threshold "
-            f"{format_pct(threshold, slippage)}",
+            reason=_verdict("Estimated slippage", slippage, threshold, too_high),
             symbol=intent.symbol,
             asset_class=intent.asset_class,
             threshold_pct=threshold_f,
@@ -132,11 +136,10 @@ def decide_route(
     spread = quote.spread_pct
     too_wide = spread > threshold
     spread_f = float(spread)
-    verdict = "exceeds" if too_wide else "within"
     return RoutingDecision(
         should_execute=not too_wide,
         reason_code=ReasonCode.SPREAD_TOO_WIDE if too_wide else ReasonCode.OK,
-        reason=f"Spread {format_pct(spread, threshold)} {verdict} threshold {format_pct(threshold, spread)}",
+        reason=_verdict("Spread", spread, threshold, too_wide),
         symbol=intent.symbol,
         asset_class=intent.asset_class,
         threshold_pct=threshold_f,
