@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -105,7 +106,24 @@ def bench_decision_path(iterations: int) -> None:
         configure_logging("WARNING", devnull)
 
 
-def bench_engine(count: int, log_level: str) -> None:
+def bench_commit_floor(count: int) -> None:
+    """What one small WAL commit costs on this disk: the floor under every engine figure."""
+    with tempfile.TemporaryDirectory() as folder:
+        conn = sqlite3.connect(Path(folder) / "floor.sqlite3", isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        start = time.perf_counter()
+        for i in range(count):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t VALUES (?, ?)", (i, "x" * 100))
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        conn.close()
+    print(f"floor: one 100-byte SQLite WAL commit on this disk:          {elapsed / count * 1e6:6.1f} us")
+
+
+def bench_engine(count: int, log_level: str, in_memory: bool = False) -> None:
     with tempfile.TemporaryDirectory() as folder, open(os.devnull, "w") as devnull:
         configure_logging(log_level, devnull)
         clock = ManualClock(NOW)
@@ -118,7 +136,7 @@ def bench_engine(count: int, log_level: str) -> None:
             ("BTC/USD", "49990", "50010"),
         ]:
             market.set_quote(symbol, bid, ask)
-        store = SQLiteExecutionStore(Path(folder) / "bench.sqlite3")
+        store = SQLiteExecutionStore(":memory:" if in_memory else Path(folder) / "bench.sqlite3")
         engine = ExecutionEngine(
             broker=PaperBroker(market, clock),
             router=SmartRouter(market_data=market, clock=clock),
@@ -149,8 +167,10 @@ def bench_engine(count: int, log_level: str) -> None:
         rows = sum(1 for _ in store.iter_ledger_trades("bench"))
         store.close()
         configure_logging("WARNING", devnull)
+    where = "in memory" if in_memory else "on disk"
     print(
-        f"engine, paper broker + SQLite ledger, logging {log_level:<7}: {count / elapsed:8,.0f} intents/s "
+        f"engine, paper broker + SQLite ledger {where}, logging {log_level:<7}: "
+        f"{count / elapsed:7,.0f} intents/s "
         f"({placed:,} placed, {rows:,} ledger rows, {elapsed:.2f}s); "
         f"duplicate replays {1000 / replay_elapsed:,.0f}/s"
     )
@@ -182,8 +202,10 @@ def main() -> None:
     count = 2_000 if args.quick else 20_000
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
     bench_decision_path(iterations)
+    bench_commit_floor(count)
     bench_engine(count, "WARNING")
     bench_engine(count, "INFO")
+    bench_engine(count, "WARNING", in_memory=True)
     bench_paper_run(1 if args.quick else 5)
 
 

@@ -7,15 +7,13 @@ order instead of making a second one.
 
 from __future__ import annotations
 
+import hashlib
 import threading
-import uuid
 
 from backend.core.intents import Side
 from backend.core.orders import BrokerOrder, BrokerOrderStatus, OrderRequest
 from backend.core.reasons import ReasonCode
 from backend.execution.ports import Broker, BrokerRejectedError, Clock, MarketDataProvider
-
-_ORDER_NAMESPACE = uuid.UUID("6f1c3c2e-1d7b-4c53-9b8e-2f7f3f4a9a10")
 
 
 class PaperBroker(Broker):
@@ -42,7 +40,7 @@ class PaperBroker(Broker):
             now = self._clock.now()
             order = BrokerOrder(
                 broker=self.name,
-                order_id=str(uuid.uuid5(_ORDER_NAMESPACE, request.client_order_id)),
+                order_id="paper-" + hashlib.sha256(request.client_order_id.encode()).hexdigest()[:32],
                 client_order_id=request.client_order_id,
                 status=BrokerOrderStatus.FILLED,
                 symbol=request.symbol,
