@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from backend.adapters.market_data import StaticMarketData, TapeMarketData, default_tapes
 from backend.adapters.sqlite_store import SQLiteExecutionStore
 from backend.core.assets import AssetClass, describe_symbol, parse_occ_symbol
-from backend.core.orders import BrokerOrder, OrderRequest
+from backend.core.orders import BrokerOrder, BrokerOrderStatus, OrderRequest
 from backend.core.paths import ledger_trade_path
 from backend.core.quotes import Quote
 from backend.core.risk import RiskLimits
@@ -405,6 +405,40 @@ class TestExecutionEngineSmartRouting:
         assert list(store.iter_ledger_trades()) == []
         exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat())
         assert (exposure.trades_today, exposure.pending_qty, exposure.position_qty) == (0, 0, 0)
+
+    @pytest.mark.parametrize(
+        ("broker_status", "expected", "ledger_rows", "pending"),
+        [
+            (BrokerOrderStatus.ACCEPTED, ExecutionStatus.PLACED, 0, Decimal(5)),
+            (BrokerOrderStatus.REJECTED, ExecutionStatus.FAILED, 0, Decimal(0)),
+        ],
+    )
+    def test_unfilled_broker_answers_write_no_ledger_row(
+        self,
+        make_engine: EngineFactory,
+        broker: CountingBroker,
+        store: SQLiteExecutionStore,
+        broker_status: BrokerOrderStatus,
+        expected: ExecutionStatus,
+        ledger_rows: int,
+        pending: Decimal,
+    ) -> None:
+        def answer(request: OrderRequest) -> BrokerOrder:
+            return BrokerOrder(
+                broker="test", order_id="o-1", client_order_id=request.client_order_id,
+                status=broker_status, symbol=request.symbol, side=request.side, qty=request.qty,
+                filled_qty=Decimal(0), avg_fill_price=None, submitted_at=T0, message="market closed",
+            )  # fmt: skip
+
+        broker.submit_order = answer  # type: ignore[method-assign]
+        result = make_engine().execute_intent(intent(qty=5))
+        assert result.status is expected
+        assert result.broker_order_id == "o-1"
+        assert "None" not in result.reason
+        assert len(list(store.iter_ledger_trades())) == ledger_rows
+        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat())
+        assert exposure.pending_qty == pending
+        assert exposure.position_qty == 0
 
     def test_lost_answer_keeps_its_quantity_in_flight_against_the_position_limit(
         self, make_engine: EngineFactory, broker: CountingBroker, store: SQLiteExecutionStore

@@ -271,11 +271,12 @@ class ExecutionEngine:
                 broker_order=order,
             )
             return self._settle(failed, trading_day, "exec.order_failed")
-        reason = f"Order {order.status.value}: {order.filled_qty} {order.symbol} @ {order.avg_fill_price}"
         if order.filled_qty <= 0:
             # Accepted, nothing filled yet: the ledger row is written when a fill is known.
+            reason = f"Order {order.status.value}: {order.qty} {order.symbol}, not filled yet"
             accepted = draft.result(ExecutionStatus.PLACED, ReasonCode.OK, reason, broker_order=order)
             return self._settle(accepted, trading_day, "exec.order_placed")
+        reason = f"Order {order.status.value}: {order.filled_qty} {order.symbol} @ {order.avg_fill_price}"
         trade_id = trade_id_for(draft.tenant_id, draft.key)
         placed = draft.result(
             ExecutionStatus.PLACED,
