@@ -8,7 +8,7 @@ drifting a few ulps to either side. ``spread_pct`` is always a *fraction of the 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -52,6 +52,9 @@ def spread_fraction(bid: Decimal, ask: Decimal) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class Quote:
+    """One top-of-book quote. Spread, mid and spread_pct are derived once, at construction: a quote
+    is read several times (cost gate, fill, decision record) and never changes."""
+
     symbol: str
     asset_class: AssetClass
     bid: Decimal
@@ -59,18 +62,16 @@ class Quote:
     timestamp: datetime
     bid_size: Decimal | None = None
     ask_size: Decimal | None = None
+    spread: Decimal = field(init=False, repr=False, compare=False)
+    mid_price: Decimal = field(init=False, repr=False, compare=False)
+    spread_pct: Decimal = field(init=False, repr=False, compare=False)
 
-    @property
-    def spread(self) -> Decimal:
-        return self.ask - self.bid
-
-    @property
-    def mid_price(self) -> Decimal:
-        return (self.ask + self.bid) / _TWO
-
-    @property
-    def spread_pct(self) -> Decimal:
-        return spread_fraction(self.bid, self.ask)
+    def __post_init__(self) -> None:
+        total = self.ask + self.bid
+        object.__setattr__(self, "spread", self.ask - self.bid)
+        object.__setattr__(self, "mid_price", total / _TWO)
+        # An unusable quote (zero or negative prices) has no meaningful spread fraction.
+        object.__setattr__(self, "spread_pct", self.spread * _TWO / total if total > 0 else Decimal("NaN"))
 
     def __getitem__(self, key: str) -> Any:
         """Dict-style access, so code written against the seed's quote dict keeps working."""
