@@ -1,0 +1,197 @@
+"""Tax lots: known answers worked out by hand, and invariants over random trade sets."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backend.core.intents import Side
+from backend.core.tax_lots import (
+    HoldingPeriod,
+    LotMethod,
+    LotTrade,
+    compute_lots,
+    holding_period,
+)
+
+T0 = datetime(2024, 1, 2, 15, 0, tzinfo=UTC)
+D = Decimal
+
+
+def trade(trade_id: str, side: str, qty: str, price: str, fees: str = "0", days: float = 0) -> LotTrade:
+    return LotTrade(trade_id, Side(side), D(qty), D(price), D(fees), T0 + timedelta(days=days))
+
+
+TEN_AT_100_TEN_AT_110_SELL_15_AT_120 = [
+    trade("b1", "buy", "10", "100", days=0),
+    trade("b2", "buy", "10", "110", days=1),
+    trade("s1", "sell", "15", "120", days=2),
+]
+
+
+class TestKnownAnswers:
+    @pytest.mark.parametrize(
+        ("method", "realized", "basis", "open_lot", "open_qty", "open_basis"),
+        [
+            (LotMethod.FIFO, D(250), D(1550), "b2", D(5), D(550)),
+            (LotMethod.LIFO, D(200), D(1600), "b1", D(5), D(500)),
+            (LotMethod.HIFO, D(200), D(1600), "b1", D(5), D(500)),
+        ],
+    )
+    def test_issue_example(
+        self,
+        method: LotMethod,
+        realized: Decimal,
+        basis: Decimal,
+        open_lot: str,
+        open_qty: Decimal,
+        open_basis: Decimal,
+    ) -> None:
+        book = compute_lots(TEN_AT_100_TEN_AT_110_SELL_15_AT_120, method)
+        sell = book.outcomes["s1"]
+        assert sell.realized_pnl == realized
+        assert sell.cost_basis == basis
+        assert sell.proceeds == D(1800)
+        assert [(lot.lot_id, lot.qty, lot.amount) for lot in book.open_lots] == [
+            (open_lot, open_qty, open_basis)
+        ]
+        assert book.position == 5
+
+    def test_fees_are_in_basis_and_proceeds(self) -> None:
+        # Buy 10 @ 100 + 1 fee -> basis 1001; buy 10 @ 110 + 1 -> 1101; sell 15 @ 120 - 3 -> 1797.
+        # FIFO: 1001 + 1101 x 5/10 = 1551.5 basis -> realized 245.5; open 5 of b2 with basis 550.5.
+        trades = [
+            trade("b1", "buy", "10", "100", "1", days=0),
+            trade("b2", "buy", "10", "110", "1", days=1),
+            trade("s1", "sell", "15", "120", "3", days=2),
+        ]
+        book = compute_lots(trades, LotMethod.FIFO)
+        sell = book.outcomes["s1"]
+        assert (sell.cost_basis, sell.proceeds, sell.realized_pnl) == (D("1551.5"), D(1797), D("245.5"))
+        assert book.open_cost_basis == D("550.5")
+        # LIFO: 1101 + 1001 x 5/10 = 1601.5 -> realized 195.5.
+        assert compute_lots(trades, LotMethod.LIFO).outcomes["s1"].realized_pnl == D("195.5")
+
+    def test_hifo_differs_from_lifo_when_the_newest_lot_is_not_the_dearest(self) -> None:
+        # b1 10 @ 120, b2 10 @ 100, b3 10 @ 110; sell 10 @ 115.
+        # FIFO takes b1 (-50), LIFO b3 (+50), HIFO the dearest b1 (-50).
+        trades = [
+            trade("b1", "buy", "10", "120", days=0),
+            trade("b2", "buy", "10", "100", days=1),
+            trade("b3", "buy", "10", "110", days=2),
+            trade("s1", "sell", "10", "115", days=3),
+        ]
+        realized = {m: compute_lots(trades, m).outcomes["s1"].realized_pnl for m in LotMethod}
+        assert realized == {LotMethod.FIFO: D(-50), LotMethod.LIFO: D(50), LotMethod.HIFO: D(-50)}
+
+    def test_partial_lot_consumption_splits_basis_exactly(self) -> None:
+        # 3 @ 10 with a 1 fee: basis 31, not divisible by 3. Selling 1, 1, 1 must use up exactly 31.
+        # Each sale takes its share of what is left: 31/3 -> 10.33333333; 20.66666667/2 =
+        # 10.333333335 -> 10.33333334 (half to even); the last unit takes the rest, 10.33333333.
+        trades = [trade("b1", "buy", "3", "10", "1")]
+        trades += [trade(f"s{i}", "sell", "1", "12", days=i) for i in (1, 2, 3)]
+        book = compute_lots(trades)
+        bases = [book.outcomes[f"s{i}"].cost_basis for i in (1, 2, 3)]
+        assert bases == [D("10.33333333"), D("10.33333334"), D("10.33333333")]
+        assert sum(bases) == D(31)
+        assert book.open_lots == ()
+
+    def test_selling_beyond_the_position_opens_a_short_lot(self) -> None:
+        # Long 10 @ 100; sell 15 @ 110: closes 10 (+100) and opens a short of 5 with proceeds 550.
+        # Cover 5 @ 90: cost 450 -> realized +100 on the short, short term.
+        trades = [
+            trade("b1", "buy", "10", "100"),
+            trade("s1", "sell", "15", "110", days=1),
+            trade("b2", "buy", "5", "90", days=2),
+        ]
+        book = compute_lots(trades)
+        sell = book.outcomes["s1"]
+        assert sell.short_sale
+        assert sell.realized_pnl == D(100)
+        assert (sell.opened_qty, sell.opened_amount, sell.proceeds) == (D(5), D(550), D(1650))
+        cover = book.outcomes["b2"]
+        assert not cover.short_sale
+        assert cover.realized_pnl == D(100)
+        assert cover.holding_period is HoldingPeriod.SHORT_TERM
+        assert cover.closings[0].short_sale
+        assert book.open_lots == ()
+
+    def test_holding_period_is_long_only_after_more_than_a_year(self) -> None:
+        bought = datetime(2023, 3, 15, 20, tzinfo=UTC)
+        assert holding_period(bought, datetime(2024, 3, 15, 14, tzinfo=UTC)) is HoldingPeriod.SHORT_TERM
+        assert holding_period(bought, datetime(2024, 3, 16, 14, tzinfo=UTC)) is HoldingPeriod.LONG_TERM
+        leap = datetime(2024, 2, 29, tzinfo=UTC)
+        assert holding_period(leap, datetime(2025, 2, 28, tzinfo=UTC)) is HoldingPeriod.SHORT_TERM
+        assert holding_period(leap, datetime(2025, 3, 1, tzinfo=UTC)) is HoldingPeriod.LONG_TERM
+
+    def test_a_sell_over_lots_of_both_terms_is_mixed(self) -> None:
+        trades = [
+            trade("b1", "buy", "1", "100", days=0),
+            trade("b2", "buy", "1", "100", days=300),
+            trade("s1", "sell", "2", "150", days=400),
+        ]
+        outcome = compute_lots(trades).outcomes["s1"]
+        assert [c.holding_period for c in outcome.closings] == [
+            HoldingPeriod.LONG_TERM,
+            HoldingPeriod.SHORT_TERM,
+        ]
+        assert outcome.holding_period is HoldingPeriod.MIXED
+
+    def test_non_positive_quantity_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="qty must be > 0"):
+            compute_lots([trade("b1", "buy", "0", "1")])
+
+
+trade_sets = st.lists(
+    st.tuples(
+        st.sampled_from(["buy", "sell"]),
+        st.decimals(min_value=D("0.001"), max_value=D(500), places=3),
+        st.decimals(min_value=D("0.01"), max_value=D(10_000), places=2),
+        st.decimals(min_value=D(0), max_value=D(5), places=2),
+        st.integers(0, 800),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+def build(raw: list[tuple[str, Decimal, Decimal, Decimal, int]]) -> list[LotTrade]:
+    return [
+        LotTrade(f"t{i:03d}", Side(side), qty, price, fees, T0 + timedelta(days=day))
+        for i, (side, qty, price, fees, day) in enumerate(raw)
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=trade_sets, method=st.sampled_from(list(LotMethod)), seed=st.integers(0, 2**32))
+def test_arrival_order_does_not_change_the_book(
+    raw: list[tuple[str, Decimal, Decimal, Decimal, int]], method: LotMethod, seed: int
+) -> None:
+    trades = build(raw)
+    shuffled = trades[:]
+    random.Random(seed).shuffle(shuffled)
+    assert compute_lots(shuffled, method) == compute_lots(trades, method)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=trade_sets, method=st.sampled_from(list(LotMethod)))
+def test_lots_sum_to_the_position_and_money_is_conserved(
+    raw: list[tuple[str, Decimal, Decimal, Decimal, int]], method: LotMethod
+) -> None:
+    trades = build(raw)
+    book = compute_lots(trades, method)
+    net = sum((t.qty if t.side is Side.BUY else -t.qty for t in trades), D(0))
+    assert book.position == net
+    assert all(lot.qty > 0 for lot in book.open_lots)
+    # Every unit of money a trade moved is either realized or still sits in an open lot.
+    paid = sum((t.net_amount for t in trades if t.side is Side.BUY), D(0))
+    received = sum((t.net_amount for t in trades if t.side is Side.SELL), D(0))
+    realized = sum((o.realized_pnl or D(0) for o in book.outcomes.values()), D(0))
+    open_long = sum((lot.amount for lot in book.open_lots if lot.side is Side.BUY), D(0))
+    open_short = sum((lot.amount for lot in book.open_lots if lot.side is Side.SELL), D(0))
+    assert received - paid == realized - open_long + open_short
