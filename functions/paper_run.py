@@ -162,6 +162,7 @@ def run_paper(config: PaperRunConfig, progress_stream: TextIO | None = None) -> 
         store=store,
         clock=clock,
         settings=settings,
+        portfolio=store,
     )
     # The replayed account starts flat; positions follow every placed result, replayed ones too,
     # so a rerun over a kept ledger sees the same state and asks for the same intents.

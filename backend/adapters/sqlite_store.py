@@ -20,11 +20,22 @@ from pydantic import TypeAdapter
 from backend.core.intents import canonical_decimal
 from backend.core.ledger import DecisionRecord, LedgerTrade, build_decision_record, new_decision_id
 from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
-from backend.core.paths import decision_id_for, decision_path, ledger_trade_path
+from backend.core.paths import (
+    decision_id_for,
+    decision_path,
+    ledger_trade_path,
+    portfolio_history_collection,
+    portfolio_lots_path,
+    portfolio_settings_path,
+)
+from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, recompute_tax
 from backend.core.risk import Exposure
+from backend.core.tax_lots import LotMethod
 from backend.execution.ports import Claim, ClaimOutcome, RiskCheck
 
 _RESULT = TypeAdapter(ExecutionResult)
+_HISTORY = TypeAdapter(PortfolioTrade)
+_LOTS = TypeAdapter(LotsSnapshot)
 _PENDING = ExecutionStatus.PENDING.value
 _TRADE = TypeAdapter(LedgerTrade)
 
@@ -60,6 +71,28 @@ CREATE TABLE IF NOT EXISTS daily_trade_counts (
     trades INTEGER NOT NULL CHECK (trades >= 0),
     PRIMARY KEY (tenant_id, trading_day)
 ) WITHOUT ROWID;
+
+-- Portfolio history: one row per ledger trade and user (facts written once, tax part rewritten
+-- when a late trade changes the lots), the open lots per account and symbol, user settings.
+CREATE TABLE IF NOT EXISTS portfolio_history (
+    path TEXT PRIMARY KEY,
+    uid TEXT NOT NULL,
+    broker_account_id TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS portfolio_history_by_symbol
+    ON portfolio_history (uid, broker_account_id, symbol);
+
+CREATE TABLE IF NOT EXISTS portfolio_lots (
+    path TEXT PRIMARY KEY,
+    document TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS portfolio_settings (
+    path TEXT PRIMARY KEY,
+    lot_method TEXT NOT NULL
+);
 
 -- qty: filled, signed. pending_qty: signed quantity claimed but not yet filled (see Exposure).
 CREATE TABLE IF NOT EXISTS positions (
@@ -355,3 +388,77 @@ class SQLiteExecutionStore:
                 self._move_position(conn, result, Decimal(0), -intent.side.sign * intent.qty)
             self._put_decision(conn, result)
         return result
+
+    # -- portfolio history and tax lots (PortfolioStore) -------------------------------------
+
+    def apply_history_entry(self, entry: PortfolioTrade, method: LotMethod | None = None) -> FanOutResult:
+        with self._write() as conn:
+            created = (
+                conn.execute(
+                    "INSERT INTO portfolio_history (path, uid, broker_account_id, symbol, document) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
+                    (
+                        entry.path,
+                        entry.uid,
+                        entry.broker_account_id,
+                        entry.symbol,
+                        _HISTORY.dump_json(entry).decode(),
+                    ),
+                ).rowcount
+                == 1
+            )
+            if method is None:
+                row = conn.execute(
+                    "SELECT lot_method FROM portfolio_settings WHERE path = ?",
+                    (portfolio_settings_path(entry.uid),),
+                ).fetchone()
+                method = LotMethod(row[0]) if row else LotMethod.FIFO
+            rows = conn.execute(
+                "SELECT document FROM portfolio_history "
+                "WHERE uid = ? AND broker_account_id = ? AND symbol = ?",
+                (entry.uid, entry.broker_account_id, entry.symbol),
+            ).fetchall()
+            recomputed = recompute_tax((_HISTORY.validate_json(r[0]) for r in rows), method)
+            conn.executemany(
+                "UPDATE portfolio_history SET document = ? WHERE path = ?",
+                [(_HISTORY.dump_json(e).decode(), e.path) for e in recomputed.changed],
+            )
+            conn.execute(
+                "INSERT INTO portfolio_lots (path, document) VALUES (?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET document = excluded.document",
+                (recomputed.lots.path, _LOTS.dump_json(recomputed.lots).decode()),
+            )
+        return FanOutResult(entry.path, created, len(recomputed.changed), recomputed.lots)
+
+    def has_history(self, uid: str, history_id: str) -> bool:
+        path = f"{portfolio_history_collection(uid)}/{history_id}"
+        with self._lock:
+            return (
+                self._conn.execute("SELECT 1 FROM portfolio_history WHERE path = ?", (path,)).fetchone()
+                is not None
+            )
+
+    def history(self, uid: str) -> list[PortfolioTrade]:
+        entries = [
+            _HISTORY.validate_json(document)
+            for _, document in self._select_under(
+                "portfolio_history", "document", "path", portfolio_history_collection(uid) + "/"
+            )
+        ]
+        return sorted(entries, key=lambda e: (e.executed_at, e.history_id))
+
+    def lots(self, uid: str, broker_account_id: str, symbol: str) -> LotsSnapshot | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT document FROM portfolio_lots WHERE path = ?",
+                (portfolio_lots_path(uid, broker_account_id, symbol),),
+            ).fetchone()
+        return _LOTS.validate_json(row[0]) if row else None
+
+    def set_lot_method(self, uid: str, method: LotMethod) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO portfolio_settings (path, lot_method) VALUES (?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET lot_method = excluded.lot_method",
+                (portfolio_settings_path(uid), method.value),
+            )

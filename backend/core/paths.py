@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
+from urllib.parse import quote
 
 _MAX_CLIENT_ORDER_ID = 128  # Alpaca's limit on client_order_id
 
@@ -49,4 +50,19 @@ def decision_path(tenant_id: str, decision_id: str) -> str:
 
 
 def portfolio_trade_path(uid: str, history_id: str) -> str:
-    return f"users/{_segment(uid, 'uid')}/portfolio/history/trades/{_segment(history_id, 'history_id')}"
+    return f"{portfolio_history_collection(uid)}/{_segment(history_id, 'history_id')}"
+
+
+def portfolio_history_collection(uid: str) -> str:
+    return f"users/{_segment(uid, 'uid')}/portfolio/history/trades"
+
+
+def portfolio_lots_path(uid: str, broker_account_id: str, symbol: str) -> str:
+    """One lots document per account and symbol; '/' in a symbol (BTC/USD) is percent-encoded."""
+    lots_id = quote(f"{broker_account_id}~{symbol}", safe="")
+    return f"users/{_segment(uid, 'uid')}/portfolio/tax/lots/{lots_id}"
+
+
+def portfolio_settings_path(uid: str) -> str:
+    """Where a user's preferences live, such as the tax-lot method (``lot_method``)."""
+    return f"users/{_segment(uid, 'uid')}/portfolio/settings"

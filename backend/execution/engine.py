@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from backend.core.assets import AssetClass
 from backend.core.intents import OrderIntent, Side
-from backend.core.ledger import build_ledger_trade
+from backend.core.ledger import LedgerTrade, build_ledger_trade
 from backend.core.orders import (
     BrokerOrder,
     BrokerOrderStatus,
@@ -37,6 +37,7 @@ from backend.core.quotes import Quote
 from backend.core.reasons import ReasonCode
 from backend.core.risk import Exposure, RiskDecision, RiskLimits, check_risk
 from backend.core.routing import RoutingDecision, RoutingPolicy
+from backend.execution.fanout import fan_out_ledger_trade
 from backend.execution.ports import (
     Broker,
     BrokerOutcomeUnknownError,
@@ -45,6 +46,7 @@ from backend.execution.ports import (
     Clock,
     ExecutionStore,
     MarketDataProvider,
+    PortfolioStore,
     SystemClock,
 )
 from backend.execution.risk_manager import RiskManager
@@ -157,7 +159,11 @@ class ExecutionEngine:
         store: ExecutionStore | None = None,
         clock: Clock | None = None,
         settings: ExecSettings | None = None,
+        portfolio: PortfolioStore | None = None,
     ) -> None:
+        """``portfolio``: fan each ledger row out to the user's history right after it is written
+        (local runs). Leave it None where a Firestore trigger does the fan-out. Without a ``store``
+        the embedded SQLite store at ``EXEC_SQLITE_PATH`` serves as both."""
         self.settings = settings or load_settings()
         self.broker = broker
         self.router = router
@@ -167,8 +173,9 @@ class ExecutionEngine:
         if store is None:
             from backend.adapters.sqlite_store import SQLiteExecutionStore
 
-            store = SQLiteExecutionStore(self.settings.sqlite_path)
+            store = portfolio = SQLiteExecutionStore(self.settings.sqlite_path)
         self.store = store
+        self.portfolio = portfolio
         self.clock = clock or router.clock or SystemClock()
 
     def execute_intent(
@@ -257,8 +264,15 @@ class ExecutionEngine:
             return self._settle(failed, trading_day, "exec.order_failed")
         except BrokerOutcomeUnknownError as exc:
             return self._settle(draft.unknown(exc), trading_day, "exec.order_unknown")
-        except Exception as exc:
-            logger.exception("broker raised an unclassified error")
+        except Exception as exc:  # noqa: BLE001 - an unclassified error may follow a sent order
+            log_event(
+                logger,
+                "exec.broker_error",
+                f"Broker raised {type(exc).__name__}; outcome treated as unknown",
+                logging.ERROR,
+                exc_info=True,
+                idempotency_key=draft.key,
+            )
             return self._settle(draft.unknown(exc), trading_day, "exec.order_unknown")
         return self._record_order(draft, order, trading_day)
 
@@ -286,8 +300,11 @@ class ExecutionEngine:
             trade_id=trade_id,
             ledger_path=ledger_trade_path(draft.tenant_id, trade_id),
         )
-        self.store.record_trade(placed, build_ledger_trade(placed))
+        trade = build_ledger_trade(placed)
+        self.store.record_trade(placed, trade)
         _log_outcome("exec.order_placed", placed)
+        if self.portfolio is not None:
+            _fan_out(trade, self.portfolio)
         return placed
 
     def _settle(self, result: ExecutionResult, trading_day: str, event: str) -> ExecutionResult:
@@ -295,6 +312,22 @@ class ExecutionEngine:
         severity = logging.INFO if result.status is ExecutionStatus.PLACED else logging.ERROR
         _log_outcome(event, result, severity)
         return result
+
+
+def _fan_out(trade: LedgerTrade, portfolio: PortfolioStore) -> None:
+    """The trade stands whatever happens here: a failed fan-out is logged and re-driven later."""
+    try:
+        fan_out_ledger_trade(trade, portfolio)
+    except Exception:  # noqa: BLE001 - the trade is recorded; the re-drive repairs the fan-out
+        log_event(
+            logger,
+            "portfolio.fanout_failed",
+            f"Portfolio fan-out failed for {trade.path}; the re-drive will retry it",
+            logging.ERROR,
+            exc_info=True,
+            tenant_id=trade.tenant_id,
+            trade_id=trade.trade_id,
+        )
 
 
 def _validated_intent(raw: Mapping[str, Any]) -> OrderIntent:

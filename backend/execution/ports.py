@@ -14,9 +14,11 @@ from typing import Protocol
 from backend.core.assets import AssetClass, detect_asset_class
 from backend.core.ledger import DecisionRecord, LedgerTrade
 from backend.core.orders import BrokerOrder, ExecutionResult, OrderRequest
+from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade
 from backend.core.quotes import Quote, require_utc
 from backend.core.reasons import ReasonCode
 from backend.core.risk import Exposure, RiskDecision
+from backend.core.tax_lots import LotMethod
 
 
 class Clock(Protocol):
@@ -146,3 +148,21 @@ class ExecutionStore(Protocol):
     def positions(self, tenant_id: str) -> dict[str, Decimal]:
         """Net quantity per symbol, over all of the tenant's broker accounts."""
         ...
+
+
+class PortfolioStore(Protocol):
+    """Portfolio history and tax lots. ``apply_history_entry`` is one transaction."""
+
+    def apply_history_entry(self, entry: PortfolioTrade, method: LotMethod | None = None) -> FanOutResult:
+        """Create the entry if it is new, recompute the tax fields of every entry of its user,
+        account and symbol, write those that changed and the lots snapshot. The lot method is
+        ``method``, else the user's setting, else FIFO."""
+        ...
+
+    def has_history(self, uid: str, history_id: str) -> bool: ...
+
+    def history(self, uid: str) -> list[PortfolioTrade]: ...
+
+    def lots(self, uid: str, broker_account_id: str, symbol: str) -> LotsSnapshot | None: ...
+
+    def set_lot_method(self, uid: str, method: LotMethod) -> None: ...

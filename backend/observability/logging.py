@@ -78,17 +78,23 @@ class CloudLoggingFormatter(logging.Formatter):
 
 
 def log_event(
-    logger: logging.Logger, event: str, message: str, severity: int = logging.INFO, **fields: Any
+    logger: logging.Logger,
+    event: str,
+    message: str,
+    severity: int = logging.INFO,
+    *,
+    exc_info: bool = False,
+    **fields: Any,
 ) -> None:
     """Log one event. Costs one level check when the level is off.
 
     The record is made directly (no caller lookup: the event name says where it comes from).
+    ``exc_info`` attaches the exception being handled.
     """
     if logger.isEnabledFor(severity):
-        fields = {"event": event, **fields}
-        logger.handle(
-            logger.makeRecord(logger.name, severity, "", 0, message, (), None, extra={"fields": fields})
-        )
+        extra = {"fields": {"event": event, **fields}}
+        error = sys.exc_info() if exc_info else None
+        logger.handle(logger.makeRecord(logger.name, severity, "", 0, message, (), error, extra=extra))
 
 
 def configure_logging(level: int | str = logging.INFO, stream: TextIO | None = None) -> None:

@@ -1,0 +1,190 @@
+"""A user's portfolio history: one entry per executed trade, with tax fields derived from the lots.
+
+An entry has two parts. The *facts* (what was traded, when, at what price, by which strategy, and
+the link back to the ledger row) are written once. The *tax* part (cost basis, proceeds, realized
+P&L, holding period, lot method) is derived from every entry of the same user, account and symbol,
+so it is recomputed when a trade arrives late: the history then reads exactly as if the events had
+come in order. Pure functions only; the store applies them in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal
+
+from backend.core.assets import AssetClass
+from backend.core.intents import Side
+from backend.core.ledger import LedgerTrade
+from backend.core.paths import portfolio_lots_path, portfolio_trade_path
+from backend.core.tax_lots import (
+    HoldingPeriod,
+    LotBook,
+    LotClosing,
+    LotMethod,
+    LotTrade,
+    TaxLot,
+    TradeTaxOutcome,
+    compute_lots,
+)
+
+PORTFOLIO_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TaxFields:
+    lot_method: LotMethod
+    cost_basis: Decimal
+    proceeds: Decimal | None
+    realized_pnl: Decimal | None
+    holding_period: HoldingPeriod | None
+    short_sale: bool
+    closings: tuple[LotClosing, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionLink:
+    broker: str
+    order_id: str
+    client_order_id: str
+    status: str
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioTrade:
+    """``users/{uid}/portfolio/history/trades/{history_id}``; ``history_id`` is the ledger trade id."""
+
+    schema_version: int
+    path: str
+    history_id: str
+    uid: str
+    tenant_id: str
+    ledger_path: str
+    strategy_id: str
+    broker_account_id: str
+    asset_class: AssetClass
+    symbol: str
+    quote_currency: str
+    side: Side
+    qty: Decimal
+    price: Decimal
+    notional: Decimal
+    fees: Decimal
+    estimated_slippage: float | None
+    spread_pct: float | None
+    executed_at: datetime
+    trading_date: str  # UTC date of execution, ISO
+    tax_year: int
+    execution: ExecutionLink
+    tax: TaxFields | None = None  # None until the lots have been computed
+
+    def lot_trade(self) -> LotTrade:
+        return LotTrade(self.history_id, self.side, self.qty, self.price, self.fees, self.executed_at)
+
+
+def history_entry(trade: LedgerTrade) -> PortfolioTrade:
+    """The facts of a portfolio-history entry, from one ledger row."""
+    executed_day = trade.executed_at.date()
+    return PortfolioTrade(
+        schema_version=PORTFOLIO_SCHEMA_VERSION,
+        path=portfolio_trade_path(trade.uid, trade.trade_id),
+        history_id=trade.trade_id,
+        uid=trade.uid,
+        tenant_id=trade.tenant_id,
+        ledger_path=trade.path,
+        strategy_id=trade.strategy_id,
+        broker_account_id=trade.broker_account_id,
+        asset_class=trade.asset_class,
+        symbol=trade.symbol,
+        quote_currency=trade.quote_currency,
+        side=trade.side,
+        qty=trade.qty,
+        price=trade.price,
+        notional=trade.notional,
+        fees=trade.fees,
+        estimated_slippage=trade.routing.estimated_slippage,
+        spread_pct=trade.routing.spread_pct,
+        executed_at=trade.executed_at,
+        trading_date=executed_day.isoformat(),
+        tax_year=executed_day.year,
+        execution=ExecutionLink(
+            broker=trade.broker.broker,
+            order_id=trade.broker.order_id,
+            client_order_id=trade.broker.client_order_id,
+            status=trade.broker.status.value,
+            idempotency_key=trade.idempotency_key,
+        ),
+    )
+
+
+def _tax_fields(outcome: TradeTaxOutcome, method: LotMethod) -> TaxFields:
+    return TaxFields(
+        lot_method=method,
+        cost_basis=outcome.cost_basis,
+        proceeds=outcome.proceeds,
+        realized_pnl=outcome.realized_pnl,
+        holding_period=outcome.holding_period,
+        short_sale=outcome.short_sale,
+        closings=outcome.closings,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LotsSnapshot:
+    """``users/{uid}/portfolio/tax/lots/{account~symbol}``: the open lots after every known trade."""
+
+    path: str
+    uid: str
+    broker_account_id: str
+    symbol: str
+    lot_method: LotMethod
+    position: Decimal
+    open_cost_basis: Decimal
+    open_lots: tuple[TaxLot, ...]
+    trades: int
+
+
+@dataclass(frozen=True, slots=True)
+class FanOutResult:
+    history_path: str
+    created: bool  # False: this ledger row had been fanned out before (a duplicate delivery)
+    updated: int  # entries whose tax fields were (re)written, this one included
+    lots: LotsSnapshot
+
+
+@dataclass(frozen=True)
+class Recomputed:
+    changed: list[PortfolioTrade]  # entries whose tax part is new or different
+    lots: LotsSnapshot
+    book: LotBook
+
+
+def recompute_tax(entries: Iterable[PortfolioTrade], method: LotMethod) -> Recomputed:
+    """Tax fields for every entry of one (user, account, symbol), from all of them together."""
+    entries = list(entries)
+    if not entries:
+        raise ValueError("recompute_tax needs at least one entry")
+    keys = {(e.uid, e.broker_account_id, e.symbol) for e in entries}
+    if len(keys) != 1:
+        raise ValueError(f"entries of one user, account and symbol only, got {sorted(keys)}")
+    book = compute_lots((entry.lot_trade() for entry in entries), method)
+    changed = []
+    for entry in entries:
+        tax = _tax_fields(book.outcomes[entry.history_id], method)
+        if entry.tax != tax:
+            changed.append(replace(entry, tax=tax))
+    first = entries[0]
+    lots = LotsSnapshot(
+        path=portfolio_lots_path(first.uid, first.broker_account_id, first.symbol),
+        uid=first.uid,
+        broker_account_id=first.broker_account_id,
+        symbol=first.symbol,
+        lot_method=method,
+        position=book.position,
+        open_cost_basis=book.open_cost_basis,
+        open_lots=book.open_lots,
+        trades=len(entries),
+    )
+    return Recomputed(changed, lots, book)

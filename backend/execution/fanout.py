@@ -1,0 +1,78 @@
+"""The ledger -> portfolio-history fan-out, and its re-drive.
+
+In deployment a Firestore trigger on ``tenants/{tenant_id}/ledger_trades/{trade_id}`` calls
+``fan_out_ledger_trade`` with the new ledger row; locally the engine calls it right after the
+ledger write. Deliveries may repeat or come out of order: the entry id is the ledger trade id
+(create-once) and the tax fields are recomputed from all of the user's trades in that symbol, so
+neither changes the outcome. Triggers are not retried, so ``redrive`` finds ledger rows without a
+history entry and fans them out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from backend.core.ledger import LedgerTrade
+from backend.core.portfolio import FanOutResult, history_entry
+from backend.core.tax_lots import LotMethod
+from backend.execution.ports import ExecutionStore, PortfolioStore
+from backend.observability.logging import log_event
+
+logger = logging.getLogger("msr.portfolio")
+
+
+def fan_out_ledger_trade(
+    trade: LedgerTrade, portfolio: PortfolioStore, method: LotMethod | None = None
+) -> FanOutResult:
+    started = time.perf_counter()
+    result = portfolio.apply_history_entry(history_entry(trade), method)
+    log_event(
+        logger,
+        "portfolio.fanned_out" if result.created else "portfolio.duplicate_delivery",
+        f"{'Recorded' if result.created else 'Already recorded'} {trade.side.value} {trade.qty} "
+        f"{trade.symbol} in {result.history_path}",
+        uid=trade.uid,
+        tenant_id=trade.tenant_id,
+        trade_id=trade.trade_id,
+        history_path=result.history_path,
+        entries_updated=result.updated,
+        position=result.lots.position,
+        lot_method=result.lots.lot_method.value,
+        elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+    )
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class RedriveReport:
+    scanned: int
+    fanned_out: int
+
+
+def redrive(
+    ledger: ExecutionStore,
+    portfolio: PortfolioStore,
+    tenant_id: str | None = None,
+    since: datetime | None = None,
+) -> RedriveReport:
+    """Fan out every ledger row (of a tenant, executed at or after ``since``) that has no entry."""
+    scanned = fanned_out = 0
+    for trade in ledger.iter_ledger_trades(tenant_id):
+        if since is not None and trade.executed_at < since:
+            continue
+        scanned += 1
+        if not portfolio.has_history(trade.uid, trade.trade_id):
+            fan_out_ledger_trade(trade, portfolio)
+            fanned_out += 1
+    log_event(
+        logger,
+        "portfolio.redrive",
+        f"Re-drive: {fanned_out} of {scanned} ledger rows had no history entry",
+        tenant_id=tenant_id,
+        scanned=scanned,
+        fanned_out=fanned_out,
+    )
+    return RedriveReport(scanned, fanned_out)

@@ -1,0 +1,202 @@
+"""Ledger -> portfolio history: duplicates, out-of-order deliveries, lot methods, the re-drive."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from backend.adapters.market_data import StaticMarketData
+from backend.adapters.sqlite_store import SQLiteExecutionStore
+from backend.core.intents import OrderIntent
+from backend.core.ledger import LedgerTrade
+from backend.core.portfolio import PortfolioTrade
+from backend.core.risk import RiskLimits
+from backend.core.tax_lots import HoldingPeriod, LotMethod
+from backend.execution.engine import ExecutionEngine, ExecutionStatus, RiskManager, SmartRouter
+from backend.execution.fanout import fan_out_ledger_trade, redrive
+from backend.execution.ports import ManualClock
+from backend.execution.settings import ExecSettings
+from backend.observability.logging import configure_logging
+from tests.conftest import CountingBroker
+
+UID = "user_12345"
+
+
+def engine_for(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock, fan_out: bool
+) -> ExecutionEngine:
+    return ExecutionEngine(
+        broker=CountingBroker(market, clock),
+        router=SmartRouter(market_data=market, clock=clock),
+        risk=RiskManager(RiskLimits(max_position_qty=Decimal(1000), max_daily_trades=1000)),
+        dry_run=False,
+        store=store,
+        clock=clock,
+        settings=ExecSettings(tenant_id="acme_corp", uid=UID),
+        portfolio=store if fan_out else None,
+    )
+
+
+def trade_script(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock, fan_out: bool
+) -> list[LedgerTrade]:
+    """Buy 10 @ ~100, buy 10 @ ~110, sell 15 @ ~120 (fills at the ask / bid of tight quotes),
+    then 400 days later sell the last 5: real ledger rows from the real engine."""
+    engine = engine_for(store, market, clock, fan_out)
+    steps = [
+        ("buy", 10, "99.99", "100.00"),
+        ("buy", 10, "109.99", "110.00"),
+        ("sell", 15, "120.00", "120.01"),
+    ]
+    for index, (side, qty, bid, ask) in enumerate(steps):
+        clock.advance(timedelta(days=1))
+        market.set_quote("AAPL", bid, ask)
+        intent = OrderIntent(
+            strategy_id="s1", broker_account_id="acct", symbol="AAPL", side=side, qty=qty,
+            idempotency_key=f"step-{index}",
+        )  # fmt: skip
+        assert engine.execute_intent(intent).status is ExecutionStatus.PLACED
+    clock.advance(timedelta(days=400))
+    market.set_quote("AAPL", "130.00", "130.01")
+    final = OrderIntent(
+        strategy_id="s1", broker_account_id="acct", symbol="AAPL", side="sell", qty=5, idempotency_key="late"
+    )
+    assert engine.execute_intent(final).status is ExecutionStatus.PLACED
+    return list(store.iter_ledger_trades("acme_corp"))
+
+
+def tax_view(entries: list[PortfolioTrade]) -> dict[str, tuple[object, ...]]:
+    return {
+        e.history_id: (
+            e.side.value,
+            e.tax.cost_basis if e.tax else None,
+            e.tax.realized_pnl if e.tax else None,
+            e.tax.holding_period if e.tax else None,
+        )
+        for e in entries
+    }
+
+
+def test_engine_fans_out_right_after_the_ledger_write(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
+) -> None:
+    trades = trade_script(store, market, clock, fan_out=True)
+    history = store.history(UID)
+    assert [e.history_id for e in history] == [
+        t.trade_id for t in sorted(trades, key=lambda t: t.executed_at)
+    ]
+    buy1, _buy2, sell15, sell5 = history
+    assert buy1.ledger_path == f"tenants/acme_corp/ledger_trades/{buy1.history_id}"
+    assert buy1.path == f"users/{UID}/portfolio/history/trades/{buy1.history_id}"
+    assert (buy1.price, buy1.notional, buy1.fees) == (Decimal("100.00"), Decimal("1000.00"), Decimal(0))
+    assert buy1.tax is not None
+    assert buy1.tax.cost_basis == Decimal("1000.00")
+    assert buy1.execution.client_order_id.startswith("msr-")
+    # FIFO: sell 15 @ 120.00 closes 10 @ 100.00 and 5 @ 110.00: 1800 - 1550 = 250, short term.
+    assert sell15.tax is not None
+    assert (sell15.tax.proceeds, sell15.tax.cost_basis, sell15.tax.realized_pnl) == (
+        Decimal("1800.00"),
+        Decimal("1550.00"),
+        Decimal("250.00"),
+    )
+    assert sell15.tax.holding_period is HoldingPeriod.SHORT_TERM
+    assert sell15.tax.lot_method is LotMethod.FIFO
+    # 400 days later the last 5 @ 130.00 (bought at 110.00) are long term: +100.
+    assert sell5.tax is not None
+    assert (sell5.tax.realized_pnl, sell5.tax.holding_period) == (Decimal("100.00"), HoldingPeriod.LONG_TERM)
+    assert sell5.trading_date == sell5.executed_at.date().isoformat()
+    assert sell5.tax_year == sell5.executed_at.year
+    lots = store.lots(UID, "acct", "AAPL")
+    assert lots is not None
+    assert (lots.position, lots.open_lots, lots.trades) == (Decimal(0), (), 4)
+
+
+def test_duplicate_delivery_writes_one_entry(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
+) -> None:
+    trades = trade_script(store, market, clock, fan_out=True)
+    again = fan_out_ledger_trade(trades[0], store)
+    assert not again.created
+    assert again.updated == 0
+    assert len(store.history(UID)) == 4
+
+
+def test_out_of_order_deliveries_end_as_in_order(
+    tmp_path: Path, store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
+) -> None:
+    trades = trade_script(store, market, clock, fan_out=False)
+    in_order = SQLiteExecutionStore(tmp_path / "in_order.sqlite3")
+    for trade in sorted(trades, key=lambda t: t.executed_at):
+        fan_out_ledger_trade(trade, in_order)
+    expected = tax_view(in_order.history(UID))
+    expected_lots = in_order.lots(UID, "acct", "AAPL")
+    for seed in range(12):
+        shuffled_store = SQLiteExecutionStore(tmp_path / f"shuffled_{seed}.sqlite3")
+        deliveries = trades + trades[: seed % 3]  # some delivered twice as well
+        random.Random(seed).shuffle(deliveries)
+        for trade in deliveries:
+            fan_out_ledger_trade(trade, shuffled_store)
+        assert tax_view(shuffled_store.history(UID)) == expected, f"seed {seed}"
+        assert shuffled_store.lots(UID, "acct", "AAPL") == expected_lots
+        shuffled_store.close()
+    in_order.close()
+    # The sell that arrived before its buys was rewritten once the buys came in.
+    assert expected[trades[2].trade_id][2] == Decimal("250.00")
+
+
+def test_lot_method_per_user_and_per_call(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
+) -> None:
+    store.set_lot_method(UID, LotMethod.LIFO)
+    trades = trade_script(store, market, clock, fan_out=True)
+    sell15 = next(e for e in store.history(UID) if e.history_id == trades[2].trade_id)
+    assert sell15.tax is not None
+    assert (sell15.tax.lot_method, sell15.tax.realized_pnl) == (LotMethod.LIFO, Decimal("200.00"))
+    result = fan_out_ledger_trade(trades[0], store, LotMethod.HIFO)
+    assert result.lots.lot_method is LotMethod.HIFO
+    assert result.updated == 4  # every entry now says HIFO
+    assert all(e.tax is not None and e.tax.lot_method is LotMethod.HIFO for e in store.history(UID))
+
+
+def test_redrive_fans_out_what_was_missed_once(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
+) -> None:
+    trades = trade_script(store, market, clock, fan_out=False)
+    assert store.history(UID) == []
+    first = redrive(store, store, "acme_corp")
+    assert (first.scanned, first.fanned_out) == (4, 4)
+    assert len(store.history(UID)) == 4
+    assert redrive(store, store, "acme_corp").fanned_out == 0
+    since = max(t.executed_at for t in trades)
+    assert redrive(store, store, "acme_corp", since=since).scanned == 1
+
+
+def test_failed_fan_out_keeps_the_trade_and_is_logged(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", stream)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("firestore unavailable")
+
+    monkeypatch.setattr(store, "apply_history_entry", broken)
+    engine = engine_for(store, market, clock, fan_out=True)
+    market.set_quote("AAPL", "99.99", "100.00")
+    result = engine.execute_intent(
+        OrderIntent(strategy_id="s", broker_account_id="acct", symbol="AAPL", side="buy", qty=1)
+    )
+    assert result.status is ExecutionStatus.PLACED
+    assert len(list(store.iter_ledger_trades())) == 1
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    failure = next(e for e in events if e["event"] == "portfolio.fanout_failed")
+    assert failure["severity"] == "ERROR"
+    assert "firestore unavailable" in failure["exception"]
+    monkeypatch.undo()
+    assert redrive(store, store).fanned_out == 1
