@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
+from backend.adapters.documents import from_json, to_json
 from backend.core.intents import canonical_decimal
 from backend.core.ledger import DecisionRecord, LedgerTrade, build_decision_record, new_decision_id
 from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
@@ -200,7 +201,7 @@ class SQLiteExecutionStore:
         """The stored outcome for a key; None when there is none yet (absent, or a claim in flight)."""
         with self._lock:
             row = self._read_row(self._conn, tenant_id, idempotency_key)
-        return _RESULT.validate_json(row[1]) if row and row[0] != _PENDING else None
+        return from_json(_RESULT, row[1]) if row and row[0] != _PENDING else None
 
     @staticmethod
     def _read_exposure(
@@ -241,7 +242,7 @@ class SQLiteExecutionStore:
                 "SELECT document FROM ledger_trades WHERE path = ?",
                 (ledger_trade_path(tenant_id, trade_id),),
             ).fetchone()
-        return _TRADE.validate_json(row[0]) if row else None
+        return from_json(_TRADE, row[0]) if row else None
 
     def _select_under(self, table: str, column: str, order: str, prefix: str | None) -> list[tuple[str, str]]:
         query = f"SELECT path, {column} FROM {table}"
@@ -255,13 +256,13 @@ class SQLiteExecutionStore:
     def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]:
         prefix = f"tenants/{tenant_id}/ledger_trades/" if tenant_id else None
         for _, document in self._select_under("ledger_trades", "document", "executed_at", prefix):
-            yield _TRADE.validate_json(document)
+            yield from_json(_TRADE, document)
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
         prefix = f"tenants/{tenant_id}/decisions/" if tenant_id else None
         for path, result in self._select_under("decisions", "result", "decided_at", prefix):
             if result:  # a pending claim is not a decision yet
-                yield build_decision_record(_RESULT.validate_json(result), path.rsplit("/", 1)[1])
+                yield build_decision_record(from_json(_RESULT, result), path.rsplit("/", 1)[1])
 
     # -- writes (each one atomic commit) ---------------------------------------------------
 
@@ -283,14 +284,14 @@ class SQLiteExecutionStore:
                 result.tenant_id,
                 result.status.value,
                 result.decided_at.isoformat(),
-                "" if pending else _RESULT.dump_json(result).decode(),
+                "" if pending else to_json(_RESULT, result),
             ),
         )
         return cursor.rowcount == 1
 
     def _existing(self, conn: sqlite3.Connection, result: ExecutionResult) -> ExecutionResult | None:
         row = self._read_row(conn, result.tenant_id, result.idempotency_key)
-        return _RESULT.validate_json(row[1]) if row and row[0] != _PENDING else None
+        return from_json(_RESULT, row[1]) if row and row[0] != _PENDING else None
 
     def record_outcome(self, result: ExecutionResult) -> ExecutionResult | None:
         """An outcome that never reached the broker. First writer wins: a later one gets the stored
@@ -366,7 +367,7 @@ class SQLiteExecutionStore:
                         trade.tenant_id,
                         trade.trade_id,
                         trade.executed_at.isoformat(),
-                        _TRADE.dump_json(trade).decode(),
+                        to_json(_TRADE, trade),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -402,7 +403,7 @@ class SQLiteExecutionStore:
                         entry.uid,
                         entry.broker_account_id,
                         entry.symbol,
-                        _HISTORY.dump_json(entry).decode(),
+                        to_json(_HISTORY, entry),
                     ),
                 ).rowcount
                 == 1
@@ -418,15 +419,15 @@ class SQLiteExecutionStore:
                 "WHERE uid = ? AND broker_account_id = ? AND symbol = ?",
                 (entry.uid, entry.broker_account_id, entry.symbol),
             ).fetchall()
-            recomputed = recompute_tax((_HISTORY.validate_json(r[0]) for r in rows), method)
+            recomputed = recompute_tax((from_json(_HISTORY, r[0]) for r in rows), method)
             conn.executemany(
                 "UPDATE portfolio_history SET document = ? WHERE path = ?",
-                [(_HISTORY.dump_json(e).decode(), e.path) for e in recomputed.changed],
+                [(to_json(_HISTORY, e), e.path) for e in recomputed.changed],
             )
             conn.execute(
                 "INSERT INTO portfolio_lots (path, document) VALUES (?, ?) "
                 "ON CONFLICT (path) DO UPDATE SET document = excluded.document",
-                (recomputed.lots.path, _LOTS.dump_json(recomputed.lots).decode()),
+                (recomputed.lots.path, to_json(_LOTS, recomputed.lots)),
             )
         return FanOutResult(entry.path, created, len(recomputed.changed), recomputed.lots)
 
@@ -440,7 +441,7 @@ class SQLiteExecutionStore:
 
     def history(self, uid: str) -> list[PortfolioTrade]:
         entries = [
-            _HISTORY.validate_json(document)
+            from_json(_HISTORY, document)
             for _, document in self._select_under(
                 "portfolio_history", "document", "path", portfolio_history_collection(uid) + "/"
             )
@@ -453,7 +454,7 @@ class SQLiteExecutionStore:
                 "SELECT document FROM portfolio_lots WHERE path = ?",
                 (portfolio_lots_path(uid, broker_account_id, symbol),),
             ).fetchone()
-        return _LOTS.validate_json(row[0]) if row else None
+        return from_json(_LOTS, row[0]) if row else None
 
     def set_lot_method(self, uid: str, method: LotMethod) -> None:
         with self._write() as conn:

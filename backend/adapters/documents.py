@@ -1,0 +1,51 @@
+"""One document shape for every store: what a row looks like in SQLite is what a Firestore
+document holds. Money and quantities are exact decimal strings in plain notation ("0.00000001",
+"1000.00": never a float, never "1E-8"); enums are their values; timestamps stay datetimes
+(Firestore timestamps; RFC 3339 text in SQLite)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import Enum
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import TypeAdapter
+
+T = TypeVar("T")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def to_document(adapter: TypeAdapter[T], value: T) -> dict[str, Any]:
+    return _plain(adapter.dump_python(value))  # type: ignore[no-any-return]
+
+
+def from_document(adapter: TypeAdapter[T], document: dict[str, Any]) -> T:
+    return adapter.validate_python(document)
+
+
+def _decimal_text(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+def to_json(adapter: TypeAdapter[T], value: T) -> str:
+    """The same document as ``to_document``, as JSON text (orjson walks it in C; only the
+    Decimals call back into Python)."""
+    return orjson.dumps(adapter.dump_python(value), default=_decimal_text).decode()
+
+
+def from_json(adapter: TypeAdapter[T], text: str | bytes) -> T:
+    return adapter.validate_python(orjson.loads(text))
