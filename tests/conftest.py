@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ from backend.core.risk import RiskLimits
 from backend.execution.engine import ExecutionEngine, RiskManager, SmartRouter
 from backend.execution.ports import ManualClock
 from backend.execution.settings import ExecSettings
+from tests.emulators import PROJECT, REQUIRE_ENV, FirestoreEmulator, emulators_required, missing_reason
 
 T0 = datetime(2026, 3, 2, 15, 30, tzinfo=UTC)
 # FX quantities are units of the base currency: the default limit of 100 would be EUR 100.
@@ -90,3 +92,71 @@ def make_engine(
         )
 
     return factory
+
+
+# -- the Firestore emulator and the store contract -------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator() -> Iterator[FirestoreEmulator]:
+    reason = missing_reason()
+    if reason is not None:
+        if emulators_required():
+            pytest.fail(f"{REQUIRE_ENV}=1 but {reason}")
+        pytest.skip(reason)
+    rules = ROOT / "firestore.rules"
+    emulator = FirestoreEmulator(rules=rules if rules.exists() else None)
+    emulator.start()
+    previous = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emulator.host
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+        if previous is None:
+            os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+        else:
+            os.environ["FIRESTORE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture
+def firestore_client(firestore_emulator: FirestoreEmulator) -> Iterator[Any]:
+    from google.cloud import firestore
+
+    firestore_emulator.wipe()
+    client = firestore.Client(project=PROJECT)
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["sqlite", "firestore"])
+def contract_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """Each contract test runs against both adapters of the ExecutionStore/PortfolioStore ports."""
+    if request.param == "sqlite":
+        sqlite_store = SQLiteExecutionStore(tmp_path / "contract.sqlite3")
+        yield sqlite_store
+        sqlite_store.close()
+        return
+    from backend.adapters.firestore_store import FirestoreExecutionStore
+
+    yield FirestoreExecutionStore(request.getfixturevalue("firestore_client"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many store-contract tests ran against each adapter (CI must not count skips as runs)."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            for adapter in ("sqlite", "firestore"):
+                if f"[{adapter}" in nodeid or f"-{adapter}]" in nodeid or f"-{adapter}-" in nodeid:
+                    counts.setdefault(adapter, {}).setdefault(outcome, 0)
+                    counts[adapter][outcome] += 1
+    if counts:
+        parts = [
+            f"{adapter}: " + ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
+            for adapter, outcomes in sorted(counts.items())
+        ]
+        terminalreporter.write_line("store contract tests: " + "; ".join(parts))

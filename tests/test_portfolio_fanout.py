@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 import json
 import random
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,12 @@ from backend.observability.logging import configure_logging
 from tests.conftest import CountingBroker
 
 UID = "user_12345"
+
+
+@pytest.fixture
+def store(contract_store: Any) -> Any:
+    """Every test here runs against both stores (SQLite file, Firestore emulator)."""
+    return contract_store
 
 
 def engine_for(
@@ -128,24 +135,32 @@ def test_duplicate_delivery_writes_one_entry(
 
 
 def test_out_of_order_deliveries_end_as_in_order(
-    tmp_path: Path, store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
 ) -> None:
     trades = trade_script(store, market, clock, fan_out=False)
-    in_order = SQLiteExecutionStore(tmp_path / "in_order.sqlite3")
+
+    def as_user(uid: str, trade: LedgerTrade) -> LedgerTrade:
+        return replace(trade, uid=uid)
+
     for trade in sorted(trades, key=lambda t: t.executed_at):
-        fan_out_ledger_trade(trade, in_order)
-    expected = tax_view(in_order.history(UID))
-    expected_lots = in_order.lots(UID, "acct", "AAPL")
-    for seed in range(12):
-        shuffled_store = SQLiteExecutionStore(tmp_path / f"shuffled_{seed}.sqlite3")
+        fan_out_ledger_trade(as_user("in-order", trade), store)
+    expected = tax_view(store.history("in-order"))
+    expected_lots = store.lots("in-order", "acct", "AAPL")
+    assert expected_lots is not None
+    for seed in range(6):
+        uid = f"shuffled-{seed}"
         deliveries = trades + trades[: seed % 3]  # some delivered twice as well
         random.Random(seed).shuffle(deliveries)
         for trade in deliveries:
-            fan_out_ledger_trade(trade, shuffled_store)
-        assert tax_view(shuffled_store.history(UID)) == expected, f"seed {seed}"
-        assert shuffled_store.lots(UID, "acct", "AAPL") == expected_lots
-        shuffled_store.close()
-    in_order.close()
+            fan_out_ledger_trade(as_user(uid, trade), store)
+        assert tax_view(store.history(uid)) == expected, f"seed {seed}"
+        lots = store.lots(uid, "acct", "AAPL")
+        assert lots is not None
+        assert (lots.position, lots.open_lots, lots.trades) == (
+            expected_lots.position,
+            expected_lots.open_lots,
+            expected_lots.trades,
+        )
     # The sell that arrived before its buys was rewritten once the buys came in.
     assert expected[trades[2].trade_id][2] == Decimal("250.00")
 

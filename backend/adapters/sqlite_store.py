@@ -32,7 +32,7 @@ from backend.core.paths import (
 from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, recompute_tax
 from backend.core.risk import Exposure
 from backend.core.tax_lots import LotMethod
-from backend.execution.ports import Claim, ClaimOutcome, RiskCheck
+from backend.execution.ports import Claim, ClaimOutcome, LedgerIntegrityError, RiskCheck
 
 _RESULT = TypeAdapter(ExecutionResult)
 _HISTORY = TypeAdapter(PortfolioTrade)
@@ -152,10 +152,6 @@ class _Transaction:
             self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self._lock.release()
-
-
-class LedgerIntegrityError(RuntimeError):
-    """A write that the ledger's invariants forbid (a second row for one trade id)."""
 
 
 class SQLiteExecutionStore:

@@ -53,14 +53,26 @@ def portfolio_trade_path(uid: str, history_id: str) -> str:
     return f"{portfolio_history_collection(uid)}/{_segment(history_id, 'history_id')}"
 
 
+def _key_id(*parts: str) -> str:
+    """A document id made of several values: joined with '~', '/' and '~' percent-encoded."""
+    return "~".join(quote(part, safe="") for part in parts)
+
+
+def position_path(tenant_id: str, broker_account_id: str, symbol: str) -> str:
+    return f"tenants/{_segment(tenant_id, 'tenant_id')}/positions/{_key_id(broker_account_id, symbol)}"
+
+
+def daily_trade_count_path(tenant_id: str, trading_day: str) -> str:
+    return f"tenants/{_segment(tenant_id, 'tenant_id')}/daily_trade_counts/{_segment(trading_day, 'day')}"
+
+
 def portfolio_history_collection(uid: str) -> str:
     return f"users/{_segment(uid, 'uid')}/portfolio/history/trades"
 
 
 def portfolio_lots_path(uid: str, broker_account_id: str, symbol: str) -> str:
     """One lots document per account and symbol; '/' in a symbol (BTC/USD) is percent-encoded."""
-    lots_id = quote(f"{broker_account_id}~{symbol}", safe="")
-    return f"users/{_segment(uid, 'uid')}/portfolio/tax/lots/{lots_id}"
+    return f"users/{_segment(uid, 'uid')}/portfolio/tax/lots/{_key_id(broker_account_id, symbol)}"
 
 
 def portfolio_settings_path(uid: str) -> str:

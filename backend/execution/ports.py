@@ -93,6 +93,10 @@ class Broker(ABC):
         """Look an order up after an unknown outcome."""
 
 
+class LedgerIntegrityError(RuntimeError):
+    """A write that the ledger's invariants forbid (a second row for one trade id)."""
+
+
 class ClaimOutcome(StrEnum):
     CLAIMED = "claimed"
     DUPLICATE = "duplicate"  # the key has an outcome (``existing``) or another worker holds it

@@ -1,0 +1,345 @@
+"""The Firestore store: the same ``ExecutionStore`` and ``PortfolioStore`` contracts as the embedded
+store, on google-cloud-firestore.
+
+Documents (readable in the console; money as exact decimal strings, times as timestamps):
+
+- ``tenants/{t}/decisions/{decision_id}``: every decision; for a keyed intent the id derives from the
+  idempotency key, so the document is also the idempotency record (``status: pending`` while the
+  broker is being called, the full ``result`` afterwards).
+- ``tenants/{t}/ledger_trades/{trade_id}``: created once with ``create()``; ``written_at`` is server time.
+- ``tenants/{t}/daily_trade_counts/{YYYY-MM-DD}`` and ``tenants/{t}/positions/{account~symbol}``:
+  read and written inside the claim's transaction, so the risk check and the reservation are atomic.
+- ``users/{uid}/portfolio/history/trades/{trade_id}``, ``users/{uid}/portfolio/tax/lots/{account~symbol}``,
+  ``users/{uid}/portfolio/settings``.
+
+Commits per executed trade: two transactions (the claim before the broker, the record after).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from google.api_core.exceptions import AlreadyExists
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+from pydantic import TypeAdapter
+
+from backend.adapters.documents import from_document, to_document
+from backend.core.intents import canonical_decimal
+from backend.core.ledger import DecisionRecord, LedgerTrade, build_decision_record, new_decision_id
+from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
+from backend.core.paths import (
+    daily_trade_count_path,
+    decision_id_for,
+    decision_path,
+    ledger_trade_path,
+    portfolio_history_collection,
+    portfolio_lots_path,
+    portfolio_settings_path,
+    portfolio_trade_path,
+    position_path,
+)
+from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, recompute_tax
+from backend.core.risk import Exposure
+from backend.core.tax_lots import LotMethod
+from backend.execution.ports import Claim, ClaimOutcome, LedgerIntegrityError, RiskCheck
+
+_RESULT = TypeAdapter(ExecutionResult)
+_TRADE = TypeAdapter(LedgerTrade)
+_HISTORY = TypeAdapter(PortfolioTrade)
+_LOTS = TypeAdapter(LotsSnapshot)
+_PENDING = ExecutionStatus.PENDING.value
+_SERVER_FIELDS = ("written_at", "recorded_at", "updated_at")
+
+DEFAULT_PROJECT = "demo-local"  # a demo- project never reaches Google's servers
+
+
+def firestore_client(project: str | None = None) -> firestore.Client:
+    """A client for ``project``, else ``GOOGLE_CLOUD_PROJECT``; the emulator when
+    ``FIRESTORE_EMULATOR_HOST`` is set (no credentials needed there)."""
+    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("GCLOUD_PROJECT")
+    return firestore.Client(project=project or DEFAULT_PROJECT)
+
+
+def _stored(data: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if key not in _SERVER_FIELDS}
+
+
+def _history(snapshot: firestore.DocumentSnapshot) -> PortfolioTrade:
+    return from_document(_HISTORY, _stored(snapshot.to_dict() or {}))
+
+
+class FirestoreExecutionStore:
+    def __init__(self, client: firestore.Client) -> None:
+        self._db = client
+
+    # -- documents ------------------------------------------------------------------------
+
+    def _decision_ref(self, tenant_id: str, key: str) -> firestore.DocumentReference:
+        return self._db.document(decision_path(tenant_id, decision_id_for(tenant_id, key)))
+
+    @staticmethod
+    def _decision_data(result: ExecutionResult) -> dict[str, Any]:
+        pending = result.status is ExecutionStatus.PENDING
+        intent = result.intent
+        return {
+            "tenant_id": result.tenant_id,
+            "idempotency_key": result.idempotency_key,
+            "status": result.status.value,
+            "reason_code": result.reason_code.value,
+            "symbol": intent.symbol,
+            "asset_class": intent.asset_class.value,
+            "dry_run": result.status is ExecutionStatus.DRY_RUN,
+            "decided_at": result.decided_at,
+            "recorded_at": firestore.SERVER_TIMESTAMP,
+            "result": None if pending else to_document(_RESULT, result),
+        }
+
+    @staticmethod
+    def _final_result(snapshot: firestore.DocumentSnapshot) -> ExecutionResult | None:
+        if not snapshot.exists:
+            return None
+        data = snapshot.to_dict() or {}
+        if data.get("status") == _PENDING or data.get("result") is None:
+            return None
+        return from_document(_RESULT, data["result"])
+
+    def _exposure_in(
+        self, transaction: firestore.Transaction | None, tenant_id: str, account: str, symbol: str, day: str
+    ) -> Exposure:
+        position_ref = self._db.document(position_path(tenant_id, account, symbol))
+        count_ref = self._db.document(daily_trade_count_path(tenant_id, day))
+        snapshots = {
+            s.reference.path: s for s in self._db.get_all([position_ref, count_ref], transaction=transaction)
+        }
+        position = snapshots[position_ref.path].to_dict() if snapshots[position_ref.path].exists else {}
+        count = snapshots[count_ref.path].to_dict() if snapshots[count_ref.path].exists else {}
+        return Exposure(
+            position_qty=Decimal(position.get("qty", "0")),
+            trades_today=int(count.get("trades", 0)),
+            pending_qty=Decimal(position.get("pending_qty", "0")),
+        )
+
+    def _position_ref(self, result: ExecutionResult) -> firestore.DocumentReference:
+        intent = result.intent
+        return self._db.document(position_path(result.tenant_id, intent.broker_account_id, intent.symbol))
+
+    def _position_data(
+        self, result: ExecutionResult, current: Exposure, filled: Decimal, pending: Decimal
+    ) -> dict[str, Any]:
+        intent = result.intent
+        return {
+            "tenant_id": result.tenant_id,
+            "broker_account_id": intent.broker_account_id,
+            "symbol": intent.symbol,
+            "qty": canonical_decimal(current.position_qty + filled),
+            "pending_qty": canonical_decimal(current.pending_qty + pending),
+            "updated_at": firestore.SERVER_TIMESTAMP,
+        }
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def get_execution(self, tenant_id: str, idempotency_key: str) -> ExecutionResult | None:
+        return self._final_result(self._decision_ref(tenant_id, idempotency_key).get())
+
+    def get_exposure(self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str) -> Exposure:
+        return self._exposure_in(None, tenant_id, broker_account_id, symbol, trading_day)
+
+    def positions(self, tenant_id: str) -> dict[str, Decimal]:
+        totals: dict[str, Decimal] = {}
+        for snapshot in self._db.collection(f"tenants/{tenant_id}/positions").stream():
+            data = snapshot.to_dict() or {}
+            totals[data["symbol"]] = totals.get(data["symbol"], Decimal(0)) + Decimal(data["qty"])
+        return totals
+
+    def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerTrade | None:
+        snapshot = self._db.document(ledger_trade_path(tenant_id, trade_id)).get()
+        return from_document(_TRADE, _stored(snapshot.to_dict() or {})) if snapshot.exists else None
+
+    def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]:
+        source = (
+            self._db.collection(f"tenants/{tenant_id}/ledger_trades")
+            if tenant_id
+            else self._db.collection_group("ledger_trades")
+        )
+        for snapshot in source.order_by("executed_at").stream():
+            yield from_document(_TRADE, _stored(snapshot.to_dict() or {}))
+
+    def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
+        source = (
+            self._db.collection(f"tenants/{tenant_id}/decisions")
+            if tenant_id
+            else self._db.collection_group("decisions")
+        )
+        for snapshot in source.order_by("decided_at").stream():
+            result = self._final_result(snapshot)
+            if result is not None:
+                yield build_decision_record(result, snapshot.id)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def record_outcome(self, result: ExecutionResult) -> ExecutionResult | None:
+        decision_id = new_decision_id(result)
+        ref = self._db.document(decision_path(result.tenant_id, decision_id))
+        try:
+            ref.create(self._decision_data(result))
+        except AlreadyExists:
+            if result.status is ExecutionStatus.DRY_RUN:  # a fresh random id collided: try once more
+                return self.record_outcome(result)
+            return self._final_result(ref.get())
+        return result
+
+    def claim(self, result: ExecutionResult, trading_day: str, check: RiskCheck) -> Claim:
+        intent = result.intent
+        decision_ref = self._decision_ref(result.tenant_id, result.idempotency_key)
+        count_ref = self._db.document(daily_trade_count_path(result.tenant_id, trading_day))
+        position_ref = self._db.document(
+            position_path(result.tenant_id, intent.broker_account_id, intent.symbol)
+        )
+
+        @firestore.transactional
+        def claim_in(transaction: firestore.Transaction) -> Claim:
+            existing = decision_ref.get(transaction=transaction)
+            exposure = self._exposure_in(
+                transaction, result.tenant_id, intent.broker_account_id, intent.symbol, trading_day
+            )
+            if existing.exists:
+                return Claim(ClaimOutcome.DUPLICATE, existing=self._final_result(existing))
+            decision = check(exposure)
+            if not decision.approved:
+                return Claim(ClaimOutcome.REFUSED, risk=decision)
+            transaction.set(
+                count_ref,
+                {
+                    "tenant_id": result.tenant_id,
+                    "trading_day": trading_day,
+                    "trades": exposure.trades_today + 1,
+                    "updated_at": firestore.SERVER_TIMESTAMP,
+                },
+            )
+            pending = intent.side.sign * intent.qty
+            transaction.set(position_ref, self._position_data(result, exposure, Decimal(0), pending))
+            transaction.create(decision_ref, self._decision_data(result))
+            return Claim(ClaimOutcome.CLAIMED, risk=decision)
+
+        return claim_in(self._db.transaction())
+
+    def record_trade(self, result: ExecutionResult, trade: LedgerTrade) -> ExecutionResult:
+        """Ledger row (create-only), position and final decision in one transaction."""
+        intent = result.intent
+        ledger_ref = self._db.document(trade.path)
+        decision_ref = self._decision_ref(result.tenant_id, result.idempotency_key)
+        released = (
+            trade.broker.filled_qty
+            if trade.broker.status is BrokerOrderStatus.PARTIALLY_FILLED
+            else intent.qty
+        )
+        day = result.decided_at.date().isoformat()
+
+        @firestore.transactional
+        def record_in(transaction: firestore.Transaction) -> None:
+            exposure = self._exposure_in(
+                transaction, result.tenant_id, intent.broker_account_id, intent.symbol, day
+            )
+            sign = trade.side.sign
+            transaction.create(
+                ledger_ref, {**to_document(_TRADE, trade), "written_at": firestore.SERVER_TIMESTAMP}
+            )
+            transaction.set(
+                self._db.document(position_path(result.tenant_id, intent.broker_account_id, intent.symbol)),
+                self._position_data(result, exposure, sign * trade.qty, -sign * released),
+            )
+            transaction.set(decision_ref, self._decision_data(result))
+
+        try:
+            record_in(self._db.transaction())
+        except AlreadyExists as exc:
+            raise LedgerIntegrityError(f"ledger row {trade.path} already exists") from exc
+        return result
+
+    def settle_claim(self, result: ExecutionResult, trading_day: str) -> ExecutionResult:
+        intent = result.intent
+        decision_ref = self._decision_ref(result.tenant_id, result.idempotency_key)
+
+        @firestore.transactional
+        def settle_in(transaction: firestore.Transaction) -> None:
+            if result.status is ExecutionStatus.FAILED:
+                exposure = self._exposure_in(
+                    transaction, result.tenant_id, intent.broker_account_id, intent.symbol, trading_day
+                )
+                transaction.set(
+                    self._db.document(daily_trade_count_path(result.tenant_id, trading_day)),
+                    {"trades": max(exposure.trades_today - 1, 0), "updated_at": firestore.SERVER_TIMESTAMP},
+                    merge=True,
+                )
+                transaction.set(
+                    self._db.document(
+                        position_path(result.tenant_id, intent.broker_account_id, intent.symbol)
+                    ),
+                    self._position_data(result, exposure, Decimal(0), -intent.side.sign * intent.qty),
+                )
+            transaction.set(decision_ref, self._decision_data(result))
+
+        settle_in(self._db.transaction())
+        return result
+
+    # -- portfolio history and tax lots (PortfolioStore) -------------------------------------
+
+    def apply_history_entry(self, entry: PortfolioTrade, method: LotMethod | None = None) -> FanOutResult:
+        entry_ref = self._db.document(entry.path)
+        settings_ref = self._db.document(portfolio_settings_path(entry.uid))
+        same_symbol = (
+            self._db.collection(portfolio_history_collection(entry.uid))
+            .where(filter=FieldFilter("broker_account_id", "==", entry.broker_account_id))
+            .where(filter=FieldFilter("symbol", "==", entry.symbol))
+        )
+
+        @firestore.transactional
+        def apply_in(transaction: firestore.Transaction) -> FanOutResult:
+            created = not entry_ref.get(transaction=transaction).exists
+            chosen = method
+            if chosen is None:
+                settings = settings_ref.get(transaction=transaction)
+                stored = (settings.to_dict() or {}).get("lot_method") if settings.exists else None
+                chosen = LotMethod(stored) if stored else LotMethod.FIFO
+            entries = [
+                from_document(_HISTORY, _stored(s.to_dict() or {}))
+                for s in same_symbol.stream(transaction=transaction)
+            ]
+            if created:
+                entries.append(entry)
+            recomputed = recompute_tax(entries, chosen)
+            for changed in recomputed.changed:
+                ref = self._db.document(changed.path)
+                if changed.history_id == entry.history_id and created:
+                    transaction.create(
+                        ref, {**to_document(_HISTORY, changed), "recorded_at": firestore.SERVER_TIMESTAMP}
+                    )
+                else:
+                    transaction.update(ref, {"tax": to_document(_HISTORY, changed)["tax"]})
+            transaction.set(
+                self._db.document(recomputed.lots.path),
+                {**to_document(_LOTS, recomputed.lots), "updated_at": firestore.SERVER_TIMESTAMP},
+            )
+            return FanOutResult(entry.path, created, len(recomputed.changed), recomputed.lots)
+
+        return apply_in(self._db.transaction())
+
+    def has_history(self, uid: str, history_id: str) -> bool:
+        return bool(self._db.document(portfolio_trade_path(uid, history_id)).get().exists)
+
+    def history(self, uid: str) -> list[PortfolioTrade]:
+        entries = [_history(s) for s in self._db.collection(portfolio_history_collection(uid)).stream()]
+        return sorted(entries, key=lambda e: (e.executed_at, e.history_id))
+
+    def lots(self, uid: str, broker_account_id: str, symbol: str) -> LotsSnapshot | None:
+        snapshot = self._db.document(portfolio_lots_path(uid, broker_account_id, symbol)).get()
+        return from_document(_LOTS, _stored(snapshot.to_dict() or {})) if snapshot.exists else None
+
+    def set_lot_method(self, uid: str, method: LotMethod) -> None:
+        self._db.document(portfolio_settings_path(uid)).set(
+            {"lot_method": method.value, "updated_at": firestore.SERVER_TIMESTAMP}, merge=True
+        )
