@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -144,16 +145,26 @@ def contract_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[A
     yield FirestoreExecutionStore(request.getfixturevalue("firestore_client"))
 
 
+_CONTRACT_ADAPTER: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "contract_store" in callspec.params:
+            _CONTRACT_ADAPTER[item.nodeid] = callspec.params["contract_store"]
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """How many store-contract tests ran against each adapter (CI must not count skips as runs)."""
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, Counter[str]] = {}
     for outcome in ("passed", "failed", "skipped", "error"):
         for report in terminalreporter.stats.get(outcome, []):
-            nodeid = getattr(report, "nodeid", "")
-            for adapter in ("sqlite", "firestore"):
-                if f"[{adapter}" in nodeid or f"-{adapter}]" in nodeid or f"-{adapter}-" in nodeid:
-                    counts.setdefault(adapter, {}).setdefault(outcome, 0)
-                    counts[adapter][outcome] += 1
+            adapter = _CONTRACT_ADAPTER.get(getattr(report, "nodeid", ""))
+            if adapter is not None and getattr(report, "when", "call") in ("call", "setup"):
+                if outcome == "passed" and report.when != "call":
+                    continue
+                counts.setdefault(adapter, Counter())[outcome] += 1
     if counts:
         parts = [
             f"{adapter}: " + ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))

@@ -14,7 +14,8 @@ def test_readme_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "the README lost its API example"
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("EXEC_SQLITE_PATH", raising=False)
+    for name in ("EXEC_SQLITE_PATH", "EXEC_STORE", "FIRESTORE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
     namespace: dict[str, object] = {}
     exec(compile(blocks[0], str(README), "exec"), namespace)
     result = namespace["result"]

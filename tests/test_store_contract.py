@@ -241,3 +241,28 @@ def test_two_workers_racing_on_one_key_make_one_order(
     assert len(broker.calls) == 1
     assert len(list(store.iter_ledger_trades(TENANT))) == 1
     assert store.get_exposure(TENANT, "acct", "AAPL", DAY).position_qty == 2
+
+
+@pytest.mark.parametrize(
+    ("configured", "environ", "kind", "inline"),
+    [
+        ({}, {}, "sqlite", True),
+        ({}, {"FIRESTORE_EMULATOR_HOST": "127.0.0.1:1"}, "firestore", False),
+        ({}, {"GOOGLE_CLOUD_PROJECT": "prod-project"}, "firestore", False),
+        ({"store": "sqlite"}, {"GOOGLE_CLOUD_PROJECT": "prod-project"}, "sqlite", True),
+        ({"store": "firestore", "fanout": "inline"}, {}, "firestore", True),
+        ({"fanout": "trigger"}, {}, "sqlite", False),
+    ],
+)
+def test_store_is_chosen_by_configuration(
+    tmp_path: Any, configured: dict[str, str], environ: dict[str, str], kind: str, inline: bool
+) -> None:
+    from backend.adapters.stores import build_stores, store_kind
+    from backend.execution.settings import ExecSettings
+
+    settings = ExecSettings(sqlite_path=str(tmp_path / "s.sqlite3"), **configured)  # type: ignore[arg-type]
+    assert store_kind(settings, environ) == kind
+    if kind == "sqlite":
+        store, portfolio = build_stores(settings, environ)
+        assert (portfolio is store) is inline
+        store.close()

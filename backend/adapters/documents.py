@@ -27,6 +27,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
+SERVER_FIELDS = ("written_at", "recorded_at", "updated_at")
+
+
+def without_server_fields(document: dict[str, Any]) -> dict[str, Any]:
+    """Drop the fields a store stamps with server time: they are not part of the model."""
+    return {key: value for key, value in document.items() if key not in SERVER_FIELDS}
+
+
 def to_document(adapter: TypeAdapter[T], value: T) -> dict[str, Any]:
     return _plain(adapter.dump_python(value))  # type: ignore[no-any-return]
 

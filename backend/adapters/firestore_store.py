@@ -20,14 +20,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core.exceptions import AlreadyExists
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from pydantic import TypeAdapter
 
-from backend.adapters.documents import from_document, to_document
+from backend.adapters.documents import from_document, to_document, without_server_fields
 from backend.core.intents import canonical_decimal
 from backend.core.ledger import DecisionRecord, LedgerTrade, build_decision_record, new_decision_id
 from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
@@ -52,7 +52,7 @@ _TRADE = TypeAdapter(LedgerTrade)
 _HISTORY = TypeAdapter(PortfolioTrade)
 _LOTS = TypeAdapter(LotsSnapshot)
 _PENDING = ExecutionStatus.PENDING.value
-_SERVER_FIELDS = ("written_at", "recorded_at", "updated_at")
+T = TypeVar("T")
 
 DEFAULT_PROJECT = "demo-local"  # a demo- project never reaches Google's servers
 
@@ -64,12 +64,8 @@ def firestore_client(project: str | None = None) -> firestore.Client:
     return firestore.Client(project=project or DEFAULT_PROJECT)
 
 
-def _stored(data: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in data.items() if key not in _SERVER_FIELDS}
-
-
-def _history(snapshot: firestore.DocumentSnapshot) -> PortfolioTrade:
-    return from_document(_HISTORY, _stored(snapshot.to_dict() or {}))
+def _model(adapter: TypeAdapter[T], snapshot: firestore.DocumentSnapshot) -> T:
+    return from_document(adapter, without_server_fields(snapshot.to_dict() or {}))
 
 
 class FirestoreExecutionStore:
@@ -157,7 +153,7 @@ class FirestoreExecutionStore:
 
     def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerTrade | None:
         snapshot = self._db.document(ledger_trade_path(tenant_id, trade_id)).get()
-        return from_document(_TRADE, _stored(snapshot.to_dict() or {})) if snapshot.exists else None
+        return _model(_TRADE, snapshot) if snapshot.exists else None
 
     def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]:
         source = (
@@ -166,7 +162,7 @@ class FirestoreExecutionStore:
             else self._db.collection_group("ledger_trades")
         )
         for snapshot in source.order_by("executed_at").stream():
-            yield from_document(_TRADE, _stored(snapshot.to_dict() or {}))
+            yield _model(_TRADE, snapshot)
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
         source = (
@@ -305,10 +301,7 @@ class FirestoreExecutionStore:
                 settings = settings_ref.get(transaction=transaction)
                 stored = (settings.to_dict() or {}).get("lot_method") if settings.exists else None
                 chosen = LotMethod(stored) if stored else LotMethod.FIFO
-            entries = [
-                from_document(_HISTORY, _stored(s.to_dict() or {}))
-                for s in same_symbol.stream(transaction=transaction)
-            ]
+            entries = [_model(_HISTORY, s) for s in same_symbol.stream(transaction=transaction)]
             if created:
                 entries.append(entry)
             recomputed = recompute_tax(entries, chosen)
@@ -332,12 +325,13 @@ class FirestoreExecutionStore:
         return bool(self._db.document(portfolio_trade_path(uid, history_id)).get().exists)
 
     def history(self, uid: str) -> list[PortfolioTrade]:
-        entries = [_history(s) for s in self._db.collection(portfolio_history_collection(uid)).stream()]
+        collection = self._db.collection(portfolio_history_collection(uid))
+        entries = [_model(_HISTORY, s) for s in collection.stream()]
         return sorted(entries, key=lambda e: (e.executed_at, e.history_id))
 
     def lots(self, uid: str, broker_account_id: str, symbol: str) -> LotsSnapshot | None:
         snapshot = self._db.document(portfolio_lots_path(uid, broker_account_id, symbol)).get()
-        return from_document(_LOTS, _stored(snapshot.to_dict() or {})) if snapshot.exists else None
+        return _model(_LOTS, snapshot) if snapshot.exists else None
 
     def set_lot_method(self, uid: str, method: LotMethod) -> None:
         self._db.document(portfolio_settings_path(uid)).set(

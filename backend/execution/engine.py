@@ -163,7 +163,7 @@ class ExecutionEngine:
     ) -> None:
         """``portfolio``: fan each ledger row out to the user's history right after it is written
         (local runs). Leave it None where a Firestore trigger does the fan-out. Without a ``store``
-        the embedded SQLite store at ``EXEC_SQLITE_PATH`` serves as both."""
+        the configured one is used (``EXEC_STORE``, ``EXEC_FANOUT``; see ``build_stores``)."""
         self.settings = settings or load_settings()
         self.broker = broker
         self.router = router
@@ -171,9 +171,10 @@ class ExecutionEngine:
         self.enable_smart_routing = enable_smart_routing
         self.dry_run = self.settings.dry_run if dry_run is None else dry_run
         if store is None:
-            from backend.adapters.sqlite_store import SQLiteExecutionStore
+            from backend.adapters.stores import build_stores
 
-            store = portfolio = SQLiteExecutionStore(self.settings.sqlite_path)
+            store, configured_portfolio = build_stores(self.settings)
+            portfolio = portfolio or configured_portfolio
         self.store = store
         self.portfolio = portfolio
         self.clock = clock or router.clock or SystemClock()

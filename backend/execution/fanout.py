@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from backend.adapters.documents import from_document, without_server_fields
 from backend.core.ledger import LedgerTrade
 from backend.core.portfolio import FanOutResult, history_entry
 from backend.core.tax_lots import LotMethod
@@ -44,6 +49,21 @@ def fan_out_ledger_trade(
         elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
     )
     return result
+
+
+_LEDGER_TRADE = TypeAdapter(LedgerTrade)
+
+
+def fan_out_ledger_document(
+    document: Mapping[str, Any], portfolio: PortfolioStore, method: LotMethod | None = None
+) -> FanOutResult:
+    """The trigger's entry point: a ledger document as Firestore delivers it (server-stamped
+    fields included). A document that is not a ledger row raises ``ValueError`` with the reason."""
+    try:
+        trade = from_document(_LEDGER_TRADE, without_server_fields(dict(document)))
+    except ValidationError as exc:
+        raise ValueError(f"not a ledger trade document: {exc.error_count()} error(s): {exc}") from exc
+    return fan_out_ledger_trade(trade, portfolio, method)
 
 
 @dataclass(frozen=True, slots=True)

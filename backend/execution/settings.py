@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +39,10 @@ class ExecSettings(BaseSettings):
     tenant_id: Annotated[str, Field(min_length=1)] = "default"
     uid: Annotated[str, Field(min_length=1)] = "default"
     sqlite_path: Annotated[str, Field(min_length=1)] = ".msr/ledger.sqlite3"
+    # auto: Firestore when FIRESTORE_EMULATOR_HOST or a Google Cloud project is configured, else SQLite.
+    store: Literal["auto", "sqlite", "firestore"] = "auto"
+    # auto: the embedded store fans out inline; on Firestore the ledger trigger does it.
+    fanout: Literal["auto", "inline", "trigger"] = "auto"
 
     def risk_limits(self) -> RiskLimits:
         return RiskLimits(
