@@ -215,3 +215,22 @@ def test_failed_fan_out_keeps_the_trade_and_is_logged(
     assert "firestore unavailable" in failure["exception"]
     monkeypatch.undo()
     assert redrive(store, store).fanned_out == 1
+
+
+def test_trigger_entry_point_takes_the_ledger_document_as_firestore_delivers_it(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
+) -> None:
+    from datetime import UTC, datetime
+
+    from pydantic import TypeAdapter
+
+    from backend.adapters.documents import to_document
+    from backend.execution.fanout import fan_out_ledger_document
+
+    trades = trade_script(store, market, clock, fan_out=False)
+    document = {**to_document(TypeAdapter(LedgerTrade), trades[0]), "written_at": datetime.now(UTC)}
+    result = fan_out_ledger_document(document, store)
+    assert result.created
+    assert store.has_history(UID, trades[0].trade_id)
+    with pytest.raises(ValueError, match="not a ledger trade document"):
+        fan_out_ledger_document({"symbol": "AAPL"}, store)

@@ -266,3 +266,27 @@ def test_store_is_chosen_by_configuration(
         store, portfolio = build_stores(settings, environ)
         assert (portfolio is store) is inline
         store.close()
+
+
+def test_two_workers_racing_for_the_last_daily_slot_place_one_order(
+    make_engine: EngineFactory, store: Any, broker: Any
+) -> None:
+    engines = [make_engine(RiskLimits(max_daily_trades=1)), make_engine(RiskLimits(max_daily_trades=1))]
+    barrier = threading.Barrier(2)
+    results: list[ExecutionResult] = []
+
+    def work(index: int) -> None:
+        barrier.wait(30)
+        results.append(engines[index].execute_intent(make_intent(f"slot-{index}", qty="1")))
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert sorted((r.status.value, r.reason_code.value) for r in results) == [
+        ("placed", "OK"),
+        ("rejected", "DAILY_LIMIT"),
+    ]
+    assert len(broker.calls) == 1
+    assert store.get_exposure(TENANT, "acct", "AAPL", DAY).trades_today == 1
