@@ -12,7 +12,17 @@ from typing import Any, TypeVar
 import orjson
 from pydantic import TypeAdapter
 
+from backend.core.ledger import LedgerTrade
+from backend.core.orders import ExecutionResult
+from backend.core.portfolio import LotsSnapshot, PortfolioTrade
+
 T = TypeVar("T")
+
+# The stored models, one adapter each (building a TypeAdapter is costly: once per process).
+RESULTS = TypeAdapter(ExecutionResult)
+LEDGER_TRADES = TypeAdapter(LedgerTrade)
+HISTORY_ENTRIES = TypeAdapter(PortfolioTrade)
+LOTS_SNAPSHOTS = TypeAdapter(LotsSnapshot)
 
 
 def _plain(value: Any) -> Any:

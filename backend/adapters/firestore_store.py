@@ -27,7 +27,15 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from pydantic import TypeAdapter
 
-from backend.adapters.documents import from_document, to_document, without_server_fields
+from backend.adapters.documents import (
+    HISTORY_ENTRIES,
+    LEDGER_TRADES,
+    LOTS_SNAPSHOTS,
+    RESULTS,
+    from_document,
+    to_document,
+    without_server_fields,
+)
 from backend.core.intents import canonical_decimal
 from backend.core.ledger import DecisionRecord, LedgerTrade, build_decision_record, new_decision_id
 from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
@@ -41,16 +49,13 @@ from backend.core.paths import (
     portfolio_settings_path,
     portfolio_trade_path,
     position_path,
+    tenant_collection_path,
 )
 from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, recompute_tax
 from backend.core.risk import Exposure
 from backend.core.tax_lots import LotMethod
 from backend.execution.ports import Claim, ClaimOutcome, LedgerIntegrityError, RiskCheck
 
-_RESULT = TypeAdapter(ExecutionResult)
-_TRADE = TypeAdapter(LedgerTrade)
-_HISTORY = TypeAdapter(PortfolioTrade)
-_LOTS = TypeAdapter(LotsSnapshot)
 _PENDING = ExecutionStatus.PENDING.value
 T = TypeVar("T")
 
@@ -91,7 +96,7 @@ class FirestoreExecutionStore:
             "dry_run": result.status is ExecutionStatus.DRY_RUN,
             "decided_at": result.decided_at,
             "recorded_at": firestore.SERVER_TIMESTAMP,
-            "result": None if pending else to_document(_RESULT, result),
+            "result": None if pending else to_document(RESULTS, result),
         }
 
     @staticmethod
@@ -101,7 +106,7 @@ class FirestoreExecutionStore:
         data = snapshot.to_dict() or {}
         if data.get("status") == _PENDING or data.get("result") is None:
             return None
-        return from_document(_RESULT, data["result"])
+        return from_document(RESULTS, data["result"])
 
     def _exposure_in(
         self, transaction: firestore.Transaction | None, tenant_id: str, account: str, symbol: str, day: str
@@ -146,31 +151,30 @@ class FirestoreExecutionStore:
 
     def positions(self, tenant_id: str) -> dict[str, Decimal]:
         totals: dict[str, Decimal] = {}
-        for snapshot in self._db.collection(f"tenants/{tenant_id}/positions").stream():
+        for snapshot in self._db.collection(tenant_collection_path(tenant_id, "positions")).stream():
             data = snapshot.to_dict() or {}
             totals[data["symbol"]] = totals.get(data["symbol"], Decimal(0)) + Decimal(data["qty"])
         return totals
 
     def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerTrade | None:
         snapshot = self._db.document(ledger_trade_path(tenant_id, trade_id)).get()
-        return _model(_TRADE, snapshot) if snapshot.exists else None
+        return _model(LEDGER_TRADES, snapshot) if snapshot.exists else None
+
+    def _scan(self, collection: str, tenant_id: str | None, order_by: str) -> Iterator[Any]:
+        """One tenant's collection, or every tenant's (a collection-group query), in order."""
+        source = (
+            self._db.collection(tenant_collection_path(tenant_id, collection))
+            if tenant_id
+            else self._db.collection_group(collection)
+        )
+        return source.order_by(order_by).stream()  # type: ignore[no-any-return]
 
     def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]:
-        source = (
-            self._db.collection(f"tenants/{tenant_id}/ledger_trades")
-            if tenant_id
-            else self._db.collection_group("ledger_trades")
-        )
-        for snapshot in source.order_by("executed_at").stream():
-            yield _model(_TRADE, snapshot)
+        for snapshot in self._scan("ledger_trades", tenant_id, "executed_at"):
+            yield _model(LEDGER_TRADES, snapshot)
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
-        source = (
-            self._db.collection(f"tenants/{tenant_id}/decisions")
-            if tenant_id
-            else self._db.collection_group("decisions")
-        )
-        for snapshot in source.order_by("decided_at").stream():
+        for snapshot in self._scan("decisions", tenant_id, "decided_at"):
             result = self._final_result(snapshot)
             if result is not None:
                 yield build_decision_record(result, snapshot.id)
@@ -242,7 +246,7 @@ class FirestoreExecutionStore:
             )
             sign = trade.side.sign
             transaction.create(
-                ledger_ref, {**to_document(_TRADE, trade), "written_at": firestore.SERVER_TIMESTAMP}
+                ledger_ref, {**to_document(LEDGER_TRADES, trade), "written_at": firestore.SERVER_TIMESTAMP}
             )
             transaction.set(
                 self._db.document(position_path(result.tenant_id, intent.broker_account_id, intent.symbol)),
@@ -301,21 +305,20 @@ class FirestoreExecutionStore:
                 settings = settings_ref.get(transaction=transaction)
                 stored = (settings.to_dict() or {}).get("lot_method") if settings.exists else None
                 chosen = LotMethod(stored) if stored else LotMethod.FIFO
-            entries = [_model(_HISTORY, s) for s in same_symbol.stream(transaction=transaction)]
+            entries = [_model(HISTORY_ENTRIES, s) for s in same_symbol.stream(transaction=transaction)]
             if created:
                 entries.append(entry)
             recomputed = recompute_tax(entries, chosen)
             for changed in recomputed.changed:
                 ref = self._db.document(changed.path)
+                document = to_document(HISTORY_ENTRIES, changed)
                 if changed.history_id == entry.history_id and created:
-                    transaction.create(
-                        ref, {**to_document(_HISTORY, changed), "recorded_at": firestore.SERVER_TIMESTAMP}
-                    )
+                    transaction.create(ref, {**document, "recorded_at": firestore.SERVER_TIMESTAMP})
                 else:
-                    transaction.update(ref, {"tax": to_document(_HISTORY, changed)["tax"]})
+                    transaction.update(ref, {"tax": document["tax"]})
             transaction.set(
                 self._db.document(recomputed.lots.path),
-                {**to_document(_LOTS, recomputed.lots), "updated_at": firestore.SERVER_TIMESTAMP},
+                {**to_document(LOTS_SNAPSHOTS, recomputed.lots), "updated_at": firestore.SERVER_TIMESTAMP},
             )
             return FanOutResult(entry.path, created, len(recomputed.changed), recomputed.lots)
 
@@ -326,12 +329,12 @@ class FirestoreExecutionStore:
 
     def history(self, uid: str) -> list[PortfolioTrade]:
         collection = self._db.collection(portfolio_history_collection(uid))
-        entries = [_model(_HISTORY, s) for s in collection.stream()]
+        entries = [_model(HISTORY_ENTRIES, s) for s in collection.stream()]
         return sorted(entries, key=lambda e: (e.executed_at, e.history_id))
 
     def lots(self, uid: str, broker_account_id: str, symbol: str) -> LotsSnapshot | None:
         snapshot = self._db.document(portfolio_lots_path(uid, broker_account_id, symbol)).get()
-        return _model(_LOTS, snapshot) if snapshot.exists else None
+        return _model(LOTS_SNAPSHOTS, snapshot) if snapshot.exists else None
 
     def set_lot_method(self, uid: str, method: LotMethod) -> None:
         self._db.document(portfolio_settings_path(uid)).set(

@@ -15,9 +15,14 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import TypeAdapter
-
-from backend.adapters.documents import from_json, to_json
+from backend.adapters.documents import (
+    HISTORY_ENTRIES,
+    LEDGER_TRADES,
+    LOTS_SNAPSHOTS,
+    RESULTS,
+    from_json,
+    to_json,
+)
 from backend.core.intents import canonical_decimal
 from backend.core.ledger import DecisionRecord, LedgerTrade, build_decision_record, new_decision_id
 from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
@@ -28,17 +33,14 @@ from backend.core.paths import (
     portfolio_history_collection,
     portfolio_lots_path,
     portfolio_settings_path,
+    tenant_collection_path,
 )
 from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, recompute_tax
 from backend.core.risk import Exposure
 from backend.core.tax_lots import LotMethod
 from backend.execution.ports import Claim, ClaimOutcome, LedgerIntegrityError, RiskCheck
 
-_RESULT = TypeAdapter(ExecutionResult)
-_HISTORY = TypeAdapter(PortfolioTrade)
-_LOTS = TypeAdapter(LotsSnapshot)
 _PENDING = ExecutionStatus.PENDING.value
-_TRADE = TypeAdapter(LedgerTrade)
 
 SCHEMA = """
 -- One row per decision, keyed by its logical path. A keyed intent's decision id derives from its
@@ -197,7 +199,7 @@ class SQLiteExecutionStore:
         """The stored outcome for a key; None when there is none yet (absent, or a claim in flight)."""
         with self._lock:
             row = self._read_row(self._conn, tenant_id, idempotency_key)
-        return from_json(_RESULT, row[1]) if row and row[0] != _PENDING else None
+        return from_json(RESULTS, row[1]) if row and row[0] != _PENDING else None
 
     @staticmethod
     def _read_exposure(
@@ -238,7 +240,7 @@ class SQLiteExecutionStore:
                 "SELECT document FROM ledger_trades WHERE path = ?",
                 (ledger_trade_path(tenant_id, trade_id),),
             ).fetchone()
-        return from_json(_TRADE, row[0]) if row else None
+        return from_json(LEDGER_TRADES, row[0]) if row else None
 
     def _select_under(self, table: str, column: str, order: str, prefix: str | None) -> list[tuple[str, str]]:
         query = f"SELECT path, {column} FROM {table}"
@@ -250,15 +252,15 @@ class SQLiteExecutionStore:
             return self._conn.execute(f"{query} ORDER BY {order}, path", params).fetchall()
 
     def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]:
-        prefix = f"tenants/{tenant_id}/ledger_trades/" if tenant_id else None
+        prefix = tenant_collection_path(tenant_id, "ledger_trades") + "/" if tenant_id else None
         for _, document in self._select_under("ledger_trades", "document", "executed_at", prefix):
-            yield from_json(_TRADE, document)
+            yield from_json(LEDGER_TRADES, document)
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
-        prefix = f"tenants/{tenant_id}/decisions/" if tenant_id else None
+        prefix = tenant_collection_path(tenant_id, "decisions") + "/" if tenant_id else None
         for path, result in self._select_under("decisions", "result", "decided_at", prefix):
             if result:  # a pending claim is not a decision yet
-                yield build_decision_record(from_json(_RESULT, result), path.rsplit("/", 1)[1])
+                yield build_decision_record(from_json(RESULTS, result), path.rsplit("/", 1)[1])
 
     # -- writes (each one atomic commit) ---------------------------------------------------
 
@@ -280,14 +282,14 @@ class SQLiteExecutionStore:
                 result.tenant_id,
                 result.status.value,
                 result.decided_at.isoformat(),
-                "" if pending else to_json(_RESULT, result),
+                "" if pending else to_json(RESULTS, result),
             ),
         )
         return cursor.rowcount == 1
 
     def _existing(self, conn: sqlite3.Connection, result: ExecutionResult) -> ExecutionResult | None:
         row = self._read_row(conn, result.tenant_id, result.idempotency_key)
-        return from_json(_RESULT, row[1]) if row and row[0] != _PENDING else None
+        return from_json(RESULTS, row[1]) if row and row[0] != _PENDING else None
 
     def record_outcome(self, result: ExecutionResult) -> ExecutionResult | None:
         """An outcome that never reached the broker. First writer wins: a later one gets the stored
@@ -363,7 +365,7 @@ class SQLiteExecutionStore:
                         trade.tenant_id,
                         trade.trade_id,
                         trade.executed_at.isoformat(),
-                        to_json(_TRADE, trade),
+                        to_json(LEDGER_TRADES, trade),
                     ),
                 )
             except sqlite3.IntegrityError as exc:
@@ -399,7 +401,7 @@ class SQLiteExecutionStore:
                         entry.uid,
                         entry.broker_account_id,
                         entry.symbol,
-                        to_json(_HISTORY, entry),
+                        to_json(HISTORY_ENTRIES, entry),
                     ),
                 ).rowcount
                 == 1
@@ -415,15 +417,15 @@ class SQLiteExecutionStore:
                 "WHERE uid = ? AND broker_account_id = ? AND symbol = ?",
                 (entry.uid, entry.broker_account_id, entry.symbol),
             ).fetchall()
-            recomputed = recompute_tax((from_json(_HISTORY, r[0]) for r in rows), method)
+            recomputed = recompute_tax((from_json(HISTORY_ENTRIES, r[0]) for r in rows), method)
             conn.executemany(
                 "UPDATE portfolio_history SET document = ? WHERE path = ?",
-                [(to_json(_HISTORY, e), e.path) for e in recomputed.changed],
+                [(to_json(HISTORY_ENTRIES, e), e.path) for e in recomputed.changed],
             )
             conn.execute(
                 "INSERT INTO portfolio_lots (path, document) VALUES (?, ?) "
                 "ON CONFLICT (path) DO UPDATE SET document = excluded.document",
-                (recomputed.lots.path, to_json(_LOTS, recomputed.lots)),
+                (recomputed.lots.path, to_json(LOTS_SNAPSHOTS, recomputed.lots)),
             )
         return FanOutResult(entry.path, created, len(recomputed.changed), recomputed.lots)
 
@@ -437,7 +439,7 @@ class SQLiteExecutionStore:
 
     def history(self, uid: str) -> list[PortfolioTrade]:
         entries = [
-            from_json(_HISTORY, document)
+            from_json(HISTORY_ENTRIES, document)
             for _, document in self._select_under(
                 "portfolio_history", "document", "path", portfolio_history_collection(uid) + "/"
             )
@@ -450,7 +452,7 @@ class SQLiteExecutionStore:
                 "SELECT document FROM portfolio_lots WHERE path = ?",
                 (portfolio_lots_path(uid, broker_account_id, symbol),),
             ).fetchone()
-        return from_json(_LOTS, row[0]) if row else None
+        return from_json(LOTS_SNAPSHOTS, row[0]) if row else None
 
     def set_lot_method(self, uid: str, method: LotMethod) -> None:
         with self._write() as conn:

@@ -41,6 +41,11 @@ def _segment(value: str, name: str) -> str:
     return value
 
 
+def tenant_collection_path(tenant_id: str, collection: str) -> str:
+    """``tenants/{tenant_id}/{collection}``: ledger_trades, decisions, positions, daily_trade_counts."""
+    return f"tenants/{_segment(tenant_id, 'tenant_id')}/{_segment(collection, 'collection')}"
+
+
 def ledger_trade_path(tenant_id: str, trade_id: str) -> str:
     return f"tenants/{_segment(tenant_id, 'tenant_id')}/ledger_trades/{_segment(trade_id, 'trade_id')}"
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from backend.adapters.documents import from_document, without_server_fields
+from backend.adapters.documents import LEDGER_TRADES, from_document, without_server_fields
 from backend.core.ledger import LedgerTrade
 from backend.core.portfolio import FanOutResult, history_entry
 from backend.core.tax_lots import LotMethod
@@ -51,16 +51,13 @@ def fan_out_ledger_trade(
     return result
 
 
-_LEDGER_TRADE = TypeAdapter(LedgerTrade)
-
-
 def fan_out_ledger_document(
     document: Mapping[str, Any], portfolio: PortfolioStore, method: LotMethod | None = None
 ) -> FanOutResult:
     """The trigger's entry point: a ledger document as Firestore delivers it (server-stamped
     fields included). A document that is not a ledger row raises ``ValueError`` with the reason."""
     try:
-        trade = from_document(_LEDGER_TRADE, without_server_fields(dict(document)))
+        trade = from_document(LEDGER_TRADES, without_server_fields(dict(document)))
     except ValidationError as exc:
         raise ValueError(f"not a ledger trade document: {exc.error_count()} error(s): {exc}") from exc
     return fan_out_ledger_trade(trade, portfolio, method)
