@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -195,3 +196,61 @@ def test_lots_sum_to_the_position_and_money_is_conserved(
     open_long = sum((lot.amount for lot in book.open_lots if lot.side is Side.BUY), D(0))
     open_short = sum((lot.amount for lot in book.open_lots if lot.side is Side.SELL), D(0))
     assert received - paid == realized - open_long + open_short
+
+
+def entry_for(lot_trade: LotTrade) -> Any:
+    from backend.core.assets import AssetClass
+    from backend.core.portfolio import ExecutionLink, PortfolioTrade
+
+    return PortfolioTrade(
+        schema_version=1,
+        path=f"users/u/portfolio/history/trades/{lot_trade.trade_id}",
+        history_id=lot_trade.trade_id,
+        uid="u",
+        tenant_id="t",
+        ledger_path=f"tenants/t/ledger_trades/{lot_trade.trade_id}",
+        strategy_id="s",
+        broker_account_id="acct",
+        asset_class=AssetClass.EQUITY,
+        symbol="AAPL",
+        quote_currency="USD",
+        side=lot_trade.side,
+        qty=lot_trade.qty,
+        price=lot_trade.price,
+        notional=lot_trade.gross,
+        fees=lot_trade.fees,
+        estimated_slippage=None,
+        spread_pct=None,
+        executed_at=lot_trade.executed_at,
+        trading_date=lot_trade.executed_at.date().isoformat(),
+        tax_year=lot_trade.executed_at.year,
+        execution=ExecutionLink("paper", "o", "c", "filled", "k"),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(raw=trade_sets, method=st.sampled_from(list(LotMethod)), seed=st.integers(0, 2**32))
+def test_incremental_fan_out_equals_a_full_recompute(
+    raw: list[tuple[str, Decimal, Decimal, Decimal, int]], method: LotMethod, seed: int
+) -> None:
+    """Whatever mix of in-order (incremental) and late (full replay) deliveries, with repeats,
+    the stored entries and lots end where one replay of all trades puts them."""
+    from backend.core.portfolio import plan_fan_out, recompute_tax
+
+    entries = [entry_for(t) for t in build(raw)]
+    deliveries = entries + entries[: seed % 4]
+    random.Random(seed).shuffle(deliveries)
+    stored: dict[str, Any] = {}
+    snapshot = None
+    for entry in deliveries:
+        created = entry.history_id not in stored
+        if created:
+            stored[entry.history_id] = entry
+        plan = plan_fan_out(entry, created, snapshot, method)
+        recomputed = plan if plan is not None else recompute_tax(stored.values(), method)
+        for changed in recomputed.changed:
+            stored[changed.history_id] = changed
+        snapshot = recomputed.lots
+    expected = recompute_tax(entries, method)
+    assert snapshot == expected.lots
+    assert {k: v.tax for k, v in stored.items()} == {e.history_id: e.tax for e in expected.changed}

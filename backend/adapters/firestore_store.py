@@ -51,7 +51,7 @@ from backend.core.paths import (
     position_path,
     tenant_collection_path,
 )
-from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, recompute_tax
+from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, plan_fan_out, recompute_tax
 from backend.core.risk import Exposure
 from backend.core.tax_lots import LotMethod
 from backend.execution.ports import Claim, ClaimOutcome, LedgerIntegrityError, RiskCheck
@@ -291,6 +291,7 @@ class FirestoreExecutionStore:
     def apply_history_entry(self, entry: PortfolioTrade, method: LotMethod | None = None) -> FanOutResult:
         entry_ref = self._db.document(entry.path)
         settings_ref = self._db.document(portfolio_settings_path(entry.uid))
+        lots_ref = self._db.document(portfolio_lots_path(entry.uid, entry.broker_account_id, entry.symbol))
         same_symbol = (
             self._db.collection(portfolio_history_collection(entry.uid))
             .where(filter=FieldFilter("broker_account_id", "==", entry.broker_account_id))
@@ -305,10 +306,16 @@ class FirestoreExecutionStore:
                 settings = settings_ref.get(transaction=transaction)
                 stored = (settings.to_dict() or {}).get("lot_method") if settings.exists else None
                 chosen = LotMethod(stored) if stored else LotMethod.FIFO
-            entries = [_model(HISTORY_ENTRIES, s) for s in same_symbol.stream(transaction=transaction)]
-            if created:
-                entries.append(entry)
-            recomputed = recompute_tax(entries, chosen)
+            lots_snapshot = lots_ref.get(transaction=transaction)
+            snapshot = _model(LOTS_SNAPSHOTS, lots_snapshot) if lots_snapshot.exists else None
+            recomputed = plan_fan_out(entry, created, snapshot, chosen)
+            if recomputed is None:
+                entries = [_model(HISTORY_ENTRIES, s) for s in same_symbol.stream(transaction=transaction)]
+                if created:
+                    entries.append(entry)
+                recomputed = recompute_tax(entries, chosen)
+            if not created and not recomputed.changed:
+                return FanOutResult(entry.path, created, 0, recomputed.lots)
             for changed in recomputed.changed:
                 ref = self._db.document(changed.path)
                 document = to_document(HISTORY_ENTRIES, changed)

@@ -33,9 +33,10 @@ from backend.core.paths import (
     portfolio_history_collection,
     portfolio_lots_path,
     portfolio_settings_path,
+    portfolio_trade_path,
     tenant_collection_path,
 )
-from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, recompute_tax
+from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, plan_fan_out, recompute_tax
 from backend.core.risk import Exposure
 from backend.core.tax_lots import LotMethod
 from backend.execution.ports import Claim, ClaimOutcome, LedgerIntegrityError, RiskCheck
@@ -412,12 +413,19 @@ class SQLiteExecutionStore:
                     (portfolio_settings_path(entry.uid),),
                 ).fetchone()
                 method = LotMethod(row[0]) if row else LotMethod.FIFO
-            rows = conn.execute(
-                "SELECT document FROM portfolio_history "
-                "WHERE uid = ? AND broker_account_id = ? AND symbol = ?",
-                (entry.uid, entry.broker_account_id, entry.symbol),
-            ).fetchall()
-            recomputed = recompute_tax((from_json(HISTORY_ENTRIES, r[0]) for r in rows), method)
+            lots_path = portfolio_lots_path(entry.uid, entry.broker_account_id, entry.symbol)
+            row = conn.execute("SELECT document FROM portfolio_lots WHERE path = ?", (lots_path,)).fetchone()
+            snapshot = from_json(LOTS_SNAPSHOTS, row[0]) if row else None
+            recomputed = plan_fan_out(entry, created, snapshot, method)
+            if recomputed is None:
+                rows = conn.execute(
+                    "SELECT document FROM portfolio_history "
+                    "WHERE uid = ? AND broker_account_id = ? AND symbol = ?",
+                    (entry.uid, entry.broker_account_id, entry.symbol),
+                ).fetchall()
+                recomputed = recompute_tax((from_json(HISTORY_ENTRIES, r[0]) for r in rows), method)
+            if not created and not recomputed.changed:
+                return FanOutResult(entry.path, created, 0, recomputed.lots)
             conn.executemany(
                 "UPDATE portfolio_history SET document = ? WHERE path = ?",
                 [(to_json(HISTORY_ENTRIES, e), e.path) for e in recomputed.changed],
@@ -430,12 +438,10 @@ class SQLiteExecutionStore:
         return FanOutResult(entry.path, created, len(recomputed.changed), recomputed.lots)
 
     def has_history(self, uid: str, history_id: str) -> bool:
-        path = f"{portfolio_history_collection(uid)}/{history_id}"
+        path = portfolio_trade_path(uid, history_id)
         with self._lock:
-            return (
-                self._conn.execute("SELECT 1 FROM portfolio_history WHERE path = ?", (path,)).fetchone()
-                is not None
-            )
+            row = self._conn.execute("SELECT 1 FROM portfolio_history WHERE path = ?", (path,)).fetchone()
+        return row is not None
 
     def history(self, uid: str) -> list[PortfolioTrade]:
         entries = [

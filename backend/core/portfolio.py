@@ -144,6 +144,14 @@ class LotsSnapshot:
     open_cost_basis: Decimal
     open_lots: tuple[TaxLot, ...]
     trades: int
+    # The canonical-order key of the latest trade applied: a later one can be applied incrementally.
+    last_executed_at: datetime | None = None
+    last_trade_id: str | None = None
+
+    def is_after_last(self, entry: PortfolioTrade) -> bool:
+        if self.last_executed_at is None or self.last_trade_id is None:
+            return False
+        return (entry.executed_at, entry.history_id) > (self.last_executed_at, self.last_trade_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +169,44 @@ class Recomputed:
     book: LotBook
 
 
+def _snapshot(
+    first: PortfolioTrade, method: LotMethod, book: LotBook, trades: int, last: PortfolioTrade
+) -> LotsSnapshot:
+    return LotsSnapshot(
+        path=portfolio_lots_path(first.uid, first.broker_account_id, first.symbol),
+        uid=first.uid,
+        broker_account_id=first.broker_account_id,
+        symbol=first.symbol,
+        lot_method=method,
+        position=book.position,
+        open_cost_basis=book.open_cost_basis,
+        open_lots=book.open_lots,
+        trades=trades,
+        last_executed_at=last.executed_at,
+        last_trade_id=last.history_id,
+    )
+
+
+def plan_fan_out(
+    entry: PortfolioTrade, created: bool, snapshot: LotsSnapshot | None, method: LotMethod
+) -> Recomputed | None:
+    """The cheap paths, when they apply; None means: recompute from every entry.
+
+    - a repeated delivery under an unchanged method changes nothing;
+    - a new trade later than every trade applied so far continues from the stored open lots
+      (the common, in-order case: one document read instead of the whole history).
+    """
+    if snapshot is None or snapshot.lot_method is not method:
+        return None
+    if not created:
+        return Recomputed([], snapshot, LotBook(method, snapshot.open_lots))
+    if not snapshot.is_after_last(entry):
+        return None
+    book = compute_lots([entry.lot_trade()], method, snapshot.open_lots)
+    taxed = replace(entry, tax=_tax_fields(book.outcomes[entry.history_id], method))
+    return Recomputed([taxed], _snapshot(entry, method, book, snapshot.trades + 1, entry), book)
+
+
 def recompute_tax(entries: Iterable[PortfolioTrade], method: LotMethod) -> Recomputed:
     """Tax fields for every entry of one (user, account, symbol), from all of them together."""
     entries = list(entries)
@@ -175,16 +221,5 @@ def recompute_tax(entries: Iterable[PortfolioTrade], method: LotMethod) -> Recom
         tax = _tax_fields(book.outcomes[entry.history_id], method)
         if entry.tax != tax:
             changed.append(replace(entry, tax=tax))
-    first = entries[0]
-    lots = LotsSnapshot(
-        path=portfolio_lots_path(first.uid, first.broker_account_id, first.symbol),
-        uid=first.uid,
-        broker_account_id=first.broker_account_id,
-        symbol=first.symbol,
-        lot_method=method,
-        position=book.position,
-        open_cost_basis=book.open_cost_basis,
-        open_lots=book.open_lots,
-        trades=len(entries),
-    )
-    return Recomputed(changed, lots, book)
+    last = max(entries, key=lambda e: (e.executed_at, e.history_id))
+    return Recomputed(changed, _snapshot(entries[0], method, book, len(entries), last), book)

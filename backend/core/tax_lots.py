@@ -174,9 +174,15 @@ def canonical_order(trades: Iterable[LotTrade]) -> list[LotTrade]:
     return sorted(trades, key=lambda trade: (trade.executed_at, trade.trade_id))
 
 
-def compute_lots(trades: Iterable[LotTrade], method: LotMethod = LotMethod.FIFO) -> LotBook:
-    """Replay the trades in canonical order; the book depends only on the set of trades."""
-    open_lots: list[TaxLot] = []
+def compute_lots(
+    trades: Iterable[LotTrade], method: LotMethod = LotMethod.FIFO, open_lots: Iterable[TaxLot] = ()
+) -> LotBook:
+    """Replay the trades in canonical order; the book depends only on the set of trades.
+
+    ``open_lots`` continues from an earlier book: applying later trades to it gives exactly what a
+    replay of all trades gives, which lets in-order events skip the replay.
+    """
+    open_lots = list(open_lots)
     outcomes: dict[str, TradeTaxOutcome] = {}
     for trade in canonical_order(trades):
         if trade.qty <= 0:
