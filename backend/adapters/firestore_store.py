@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -69,6 +70,14 @@ def firestore_client(project: str | None = None) -> firestore.Client:
     return firestore.Client(project=project or DEFAULT_PROJECT)
 
 
+def _position_exposure(snapshot: firestore.DocumentSnapshot) -> Exposure:
+    position = snapshot.to_dict() if snapshot.exists else {}
+    return Exposure(
+        position_qty=Decimal(position.get("qty", "0")),
+        pending_qty=Decimal(position.get("pending_qty", "0")),
+    )
+
+
 def _model(adapter: TypeAdapter[T], snapshot: firestore.DocumentSnapshot) -> T:
     return from_document(adapter, without_server_fields(snapshot.to_dict() or {}))
 
@@ -116,12 +125,9 @@ class FirestoreExecutionStore:
         snapshots = {
             s.reference.path: s for s in self._db.get_all([position_ref, count_ref], transaction=transaction)
         }
-        position = snapshots[position_ref.path].to_dict() if snapshots[position_ref.path].exists else {}
         count = snapshots[count_ref.path].to_dict() if snapshots[count_ref.path].exists else {}
-        return Exposure(
-            position_qty=Decimal(position.get("qty", "0")),
-            trades_today=int(count.get("trades", 0)),
-            pending_qty=Decimal(position.get("pending_qty", "0")),
+        return replace(
+            _position_exposure(snapshots[position_ref.path]), trades_today=int(count.get("trades", 0))
         )
 
     def _position_ref(self, result: ExecutionResult) -> firestore.DocumentReference:
@@ -237,13 +243,11 @@ class FirestoreExecutionStore:
             if trade.broker.status is BrokerOrderStatus.PARTIALLY_FILLED
             else intent.qty
         )
-        day = result.decided_at.date().isoformat()
 
         @firestore.transactional
         def record_in(transaction: firestore.Transaction) -> None:
-            exposure = self._exposure_in(
-                transaction, result.tenant_id, intent.broker_account_id, intent.symbol, day
-            )
+            # The position only: reading the tenant's daily counter here would contend with claims.
+            exposure = _position_exposure(self._position_ref(result).get(transaction=transaction))
             sign = trade.side.sign
             transaction.create(
                 ledger_ref, {**to_document(LEDGER_TRADES, trade), "written_at": firestore.SERVER_TIMESTAMP}
