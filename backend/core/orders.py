@@ -16,6 +16,7 @@ from backend.core.routing import RoutingDecision
 
 class OrderType(StrEnum):
     MARKET = "market"
+    LIMIT = "limit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class OrderRequest:
     side: Side
     qty: Decimal
     order_type: OrderType = OrderType.MARKET
+    limit_price: Decimal | None = None
 
 
 class BrokerOrderStatus(StrEnum):

@@ -191,6 +191,8 @@ class ExecutionEngine:
 
         existing = self.store.get_execution(tenant_id, key)
         if existing is not None:
+            if existing.status is ExecutionStatus.UNKNOWN:
+                return self.reconcile(existing)
             return self._replay(existing)
 
         now = self.clock.now()
@@ -219,6 +221,40 @@ class ExecutionEngine:
             )
         return self._place(draft, trading_day)
 
+    def reconcile(self, unknown: ExecutionResult) -> ExecutionResult:
+        """Settle an ``unknown`` outcome by asking the broker for the client order id.
+
+        Found: recorded as the broker reports it (a fill reaches the ledger). Not found after
+        ``EXEC_RECONCILE_AFTER_SECONDS``: it was never placed (``failed``; the daily slot and the
+        quantity are released). Otherwise it stays unknown and a later retry asks again.
+        """
+        draft = _Draft(
+            unknown.intent, unknown.tenant_id, unknown.uid, unknown.idempotency_key, unknown.decided_at,
+            unknown.routing,  # type: ignore[arg-type]
+        )  # fmt: skip
+        draft.risk = unknown.risk
+        trading_day = unknown.decided_at.date().isoformat()
+        client_order_id = client_order_id_for(unknown.tenant_id, unknown.idempotency_key)
+        try:
+            order = self.broker.get_order_by_client_order_id(client_order_id)
+        except Exception:  # noqa: BLE001 - still unknown; the next retry asks again
+            log_event(logger, "exec.reconcile_failed", "Reconciliation lookup failed", logging.WARNING,
+                      exc_info=True, idempotency_key=unknown.idempotency_key)  # fmt: skip
+            return self._replay(unknown)
+        if order is not None:
+            log_event(logger, "exec.reconciled", f"Broker has {client_order_id}: {order.status.value}",
+                      idempotency_key=unknown.idempotency_key, broker_order_id=order.order_id)  # fmt: skip
+            return self._record_order(draft, order, trading_day)
+        waited = (self.clock.now() - unknown.decided_at).total_seconds()
+        if waited < self.settings.reconcile_after_seconds:
+            return self._replay(unknown)
+        never_placed = draft.result(
+            ExecutionStatus.FAILED,
+            ReasonCode.BROKER_REJECTED,
+            f"Reconciled: no order {client_order_id} at the broker after {waited:.0f}s; never placed",
+        )
+        return self._settle(never_placed, trading_day, "exec.order_failed")
+
     # -- outcomes ----------------------------------------------------------------------------
 
     def _replay(self, existing: ExecutionResult) -> ExecutionResult:
@@ -241,14 +277,6 @@ class ExecutionEngine:
     def _place(self, draft: _Draft, trading_day: str) -> ExecutionResult:
         """Risk is checked inside the claim, atomically with reserving the key, the daily slot and
         the quantity: two workers cannot both spend the same headroom."""
-        pending = draft.result(ExecutionStatus.PENDING, ReasonCode.IN_FLIGHT, IN_FLIGHT_REASON)
-        claim = self.store.claim(pending, trading_day, partial(self.risk.evaluate, draft.intent))
-        if claim.outcome is ClaimOutcome.DUPLICATE:
-            return self._replay(claim.existing or pending)
-        draft.risk = claim.risk
-        if claim.outcome is ClaimOutcome.REFUSED:
-            return self._finish_without_order(draft.risk_refusal())
-
         intent = draft.intent
         request = OrderRequest(
             client_order_id=client_order_id_for(draft.tenant_id, draft.key),
@@ -258,6 +286,19 @@ class ExecutionEngine:
             qty=intent.qty,
             asset_class=intent.asset_class,
         )
+        refusal = self.broker.check(request)
+        if refusal is not None:
+            code, reason = refusal
+            _log_venue_refusal(draft, code, reason)
+            return self._finish_without_order(draft.result(ExecutionStatus.REJECTED, code, reason))
+        pending = draft.result(ExecutionStatus.PENDING, ReasonCode.IN_FLIGHT, IN_FLIGHT_REASON)
+        claim = self.store.claim(pending, trading_day, partial(self.risk.evaluate, draft.intent))
+        if claim.outcome is ClaimOutcome.DUPLICATE:
+            return self._replay(claim.existing or pending)
+        draft.risk = claim.risk
+        if claim.outcome is ClaimOutcome.REFUSED:
+            return self._finish_without_order(draft.risk_refusal())
+
         try:
             order = self.broker.submit_order(request)
         except BrokerRejectedError as exc:
@@ -313,6 +354,19 @@ class ExecutionEngine:
         severity = logging.INFO if result.status is ExecutionStatus.PLACED else logging.ERROR
         _log_outcome(event, result, severity)
         return result
+
+
+def _log_venue_refusal(draft: _Draft, code: ReasonCode, reason: str) -> None:
+    log_event(
+        logger,
+        "exec.venue_rejected",
+        reason,
+        logging.WARNING,
+        reason_code=code.value,
+        symbol=draft.intent.symbol,
+        asset_class=draft.intent.asset_class.value,
+        idempotency_key=draft.key,
+    )
 
 
 def _fan_out(trade: LedgerTrade, portfolio: PortfolioStore) -> None:

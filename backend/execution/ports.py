@@ -84,6 +84,11 @@ class BrokerOutcomeUnknownError(Exception):
 class Broker(ABC):
     name: str
 
+    def check(self, request: OrderRequest) -> tuple[ReasonCode, str] | None:
+        """Can this broker take the order at all? A reason refuses it before any claim or network
+        call (wrong venue, a time in force or fraction the asset class does not allow)."""
+        return None
+
     @abstractmethod
     def submit_order(self, request: OrderRequest) -> BrokerOrder:
         """Place an order. Same client order id twice must never make two orders."""

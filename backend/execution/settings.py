@@ -41,6 +41,8 @@ class ExecSettings(BaseSettings):
     sqlite_path: Annotated[str, Field(min_length=1)] = ".msr/ledger.sqlite3"
     # auto: Firestore when FIRESTORE_EMULATOR_HOST or a Google Cloud project is configured, else SQLite.
     store: Literal["auto", "sqlite", "firestore"] = "auto"
+    # An unknown broker outcome still not found at the broker after this long was never placed.
+    reconcile_after_seconds: Annotated[float, Field(ge=0)] = 60.0
     # auto: the embedded store fans out inline; on Firestore the ledger trigger does it.
     fanout: Literal["auto", "inline", "trigger"] = "auto"
 

@@ -1,0 +1,241 @@
+"""AlpacaBroker: orders through the official alpaca-py ``TradingClient``, exactly once.
+
+- Every order carries the engine's deterministic ``client_order_id``. Submission is never retried
+  blindly: after a timeout, a lost connection, a 5xx, a malformed answer or a 422 "client_order_id
+  must be unique", the order is looked up by client order id and that order is returned. When the
+  lookup cannot find it either, the outcome is *unknown* (``BrokerOutcomeUnknownError``): the
+  engine keeps the claim and a later reconciliation settles it. A 429 means "not processed": the
+  broker waits for the reset, checks the lookup, and submits again (bounded).
+- Equities (qty, ``day``), crypto (``BTC/USD`` form, ``gtc``), options (OCC symbols, whole
+  contracts, ``day``); market and limit orders. What an asset class does not allow is refused by
+  ``check`` before any network call. Alpaca does not trade FX.
+- After placement the order is polled (bounded) until it is final, so fills, partial fills and
+  rejections reach the ledger as what they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from decimal import Decimal
+
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderSide, OrderStatus, TimeInForce
+from alpaca.trading.models import Order
+from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
+from pydantic import ValidationError
+
+from backend.adapters.alpaca.http import NETWORK_ERRORS, harden, message_of, retry_after_s, with_read_retries
+from backend.adapters.alpaca.settings import AlpacaSettings
+from backend.core.assets import AssetClass, describe_symbol
+from backend.core.intents import Side
+from backend.core.orders import BrokerOrder, BrokerOrderStatus, OrderRequest, OrderType
+from backend.core.reasons import ReasonCode
+from backend.execution.ports import Broker, BrokerOutcomeUnknownError, BrokerRejectedError
+from backend.observability.logging import log_event
+
+logger = logging.getLogger("msr.alpaca")
+
+_STATUS = {
+    OrderStatus.FILLED: BrokerOrderStatus.FILLED,
+    OrderStatus.PARTIALLY_FILLED: BrokerOrderStatus.PARTIALLY_FILLED,
+    OrderStatus.CANCELED: BrokerOrderStatus.CANCELED,
+    OrderStatus.EXPIRED: BrokerOrderStatus.CANCELED,
+    OrderStatus.DONE_FOR_DAY: BrokerOrderStatus.CANCELED,
+    OrderStatus.REJECTED: BrokerOrderStatus.REJECTED,
+}
+_FINAL = frozenset({BrokerOrderStatus.FILLED, BrokerOrderStatus.CANCELED, BrokerOrderStatus.REJECTED})
+_TIME_IN_FORCE = {
+    AssetClass.EQUITY: TimeInForce.DAY,
+    AssetClass.CRYPTO: TimeInForce.GTC,
+    AssetClass.OPTIONS: TimeInForce.DAY,
+}
+_SUBMIT_ATTEMPTS_AFTER_429 = 3
+
+
+def alpaca_symbol(symbol: str, asset_class: AssetClass) -> str:
+    """Alpaca's spelling: crypto as BASE/QUOTE, OCC symbols without the root's padding."""
+    if asset_class is AssetClass.CRYPTO:
+        info = describe_symbol(symbol)
+        return f"{info.base}/{info.quote_currency}"
+    return symbol.replace(" ", "")
+
+
+def _rejection_code(status: int | None, message: str) -> ReasonCode:
+    text = message.lower()
+    if "insufficient" in text or "buying power" in text:
+        return ReasonCode.INSUFFICIENT_BUYING_POWER
+    if "not tradable" in text or "not active" in text or ("not found" in text and status == 422):
+        return ReasonCode.ASSET_NOT_TRADABLE
+    if "market" in text and "closed" in text:
+        return ReasonCode.MARKET_CLOSED
+    return ReasonCode.BROKER_REJECTED
+
+
+def _decimal(value: object) -> Decimal | None:
+    return None if value in (None, "") else Decimal(str(value))
+
+
+def to_broker_order(order: Order) -> BrokerOrder:
+    status = _STATUS.get(order.status, BrokerOrderStatus.ACCEPTED)
+    filled = _decimal(order.filled_qty) or Decimal(0)
+    return BrokerOrder(
+        broker=AlpacaBroker.name,
+        order_id=str(order.id),
+        client_order_id=order.client_order_id,
+        status=status,
+        symbol=order.symbol or "",
+        side=Side.BUY if order.side == OrderSide.BUY else Side.SELL,
+        qty=_decimal(order.qty) or Decimal(0),
+        filled_qty=filled,
+        avg_fill_price=_decimal(order.filled_avg_price) if filled > 0 else None,
+        submitted_at=order.submitted_at,
+        filled_at=order.filled_at,
+        message=f"alpaca status {order.status.value}",
+    )
+
+
+class AlpacaBroker(Broker):
+    name = "alpaca"
+
+    def __init__(
+        self,
+        settings: AlpacaSettings | None = None,
+        client: TradingClient | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings or AlpacaSettings()
+        self._client = client or TradingClient(
+            **self.settings.credentials(), paper=self.settings.paper, url_override=self.settings.trading_url
+        )
+        harden(self._client, self.settings.timeout_s)
+        self._sleep = sleep
+
+    # -- before the network -----------------------------------------------------------
+
+    def check(self, request: OrderRequest) -> tuple[ReasonCode, str] | None:
+        if request.asset_class is AssetClass.FOREX:
+            return ReasonCode.NO_VENUE_FOR_ASSET_CLASS, "Alpaca does not trade FX"
+        if request.asset_class is AssetClass.OPTIONS and request.qty != request.qty.to_integral_value():
+            return ReasonCode.ORDER_INVALID, f"options trade in whole contracts, got qty {request.qty}"
+        if request.order_type is OrderType.LIMIT and (
+            request.limit_price is None or request.limit_price <= 0
+        ):
+            return ReasonCode.ORDER_INVALID, "a limit order needs a positive limit price"
+        return None
+
+    def _alpaca_request(self, request: OrderRequest) -> MarketOrderRequest | LimitOrderRequest:
+        fields = {
+            "symbol": alpaca_symbol(request.symbol, request.asset_class),
+            "qty": float(request.qty),
+            "side": OrderSide.BUY if request.side is Side.BUY else OrderSide.SELL,
+            "time_in_force": _TIME_IN_FORCE[request.asset_class],
+            "client_order_id": request.client_order_id,
+        }
+        if request.order_type is OrderType.LIMIT:
+            return LimitOrderRequest(**fields, limit_price=float(request.limit_price or 0))
+        return MarketOrderRequest(**fields)
+
+    # -- submission -------------------------------------------------------------------
+
+    def submit_order(self, request: OrderRequest) -> BrokerOrder:
+        refusal = self.check(request)
+        if refusal is not None:
+            raise BrokerRejectedError(refusal[1], refusal[0])
+        order = self._submit_once(request)
+        return self._track_fill(order)
+
+    def _submit_once(self, request: OrderRequest) -> Order:
+        alpaca_request = self._alpaca_request(request)
+        for _ in range(_SUBMIT_ATTEMPTS_AFTER_429):
+            try:
+                return self._client.submit_order(alpaca_request)
+            except APIError as error:
+                status, message = error.status_code, message_of(error)
+                if status == 429:
+                    self._sleep(
+                        retry_after_s(error, time.time(), self.settings.max_wait_s) or self.settings.backoff_s
+                    )
+                    existing = self._lookup(request.client_order_id)
+                    if existing is not None:
+                        return existing
+                    continue  # a 429 was not processed: submitting again is not a second order
+                if status == 422 and "client_order_id" in message:
+                    return self._established(request, f"duplicate client order id ({message})")
+                if status is None or status >= 500:
+                    return self._established(request, f"HTTP {status}: {message}")
+                raise BrokerRejectedError(
+                    f"Alpaca {status}: {message}", _rejection_code(status, message)
+                ) from error
+            except NETWORK_ERRORS as error:
+                return self._established(request, f"{type(error).__name__}: {error}")
+            except (ValidationError, requests.exceptions.JSONDecodeError, ValueError) as error:
+                return self._established(request, f"malformed answer: {type(error).__name__}")
+        raise BrokerRejectedError("Alpaca kept answering 429 (rate limited)", ReasonCode.BROKER_REJECTED)
+
+    def _established(self, request: OrderRequest, why: str) -> Order:
+        """After an answer we cannot trust: the order is what the lookup says, or unknown."""
+        log_event(
+            logger,
+            "alpaca.submit_unconfirmed",
+            f"Submit not confirmed ({why}); looking up client order id {request.client_order_id}",
+            logging.WARNING,
+            client_order_id=request.client_order_id,
+        )
+        # A request that timed out may still be in the broker's hands: "not found" right away is
+        # not an answer, so the lookup is repeated (with backoff) through a grace window.
+        deadline = time.monotonic() + self.settings.lookup_grace_s
+        wait = self.settings.backoff_s
+        while True:
+            try:
+                existing = self._lookup(request.client_order_id)
+            except (APIError, *NETWORK_ERRORS, ValidationError, ValueError) as error:
+                raise BrokerOutcomeUnknownError(f"{why}; lookup failed: {type(error).__name__}") from error
+            if existing is not None:
+                return existing
+            if time.monotonic() >= deadline:
+                raise BrokerOutcomeUnknownError(f"{why}; no order with this client order id (yet)")
+            self._sleep(wait)
+            wait = min(wait * 2, self.settings.max_wait_s)
+
+    # -- reads ------------------------------------------------------------------------
+
+    def _lookup(self, client_order_id: str) -> Order | None:
+        def call() -> Order | None:
+            try:
+                return self._client.get_order_by_client_id(client_order_id)
+            except APIError as error:
+                if error.status_code == 404:
+                    return None
+                raise
+
+        return with_read_retries(
+            call, self.settings.read_attempts, self.settings.backoff_s, self.settings.max_wait_s, self._sleep
+        )
+
+    def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
+        order = self._lookup(client_order_id)
+        return to_broker_order(order) if order is not None else None
+
+    def _track_fill(self, order: Order) -> BrokerOrder:
+        """Poll (bounded) until the order is final; what is known by then is what is returned."""
+        current = to_broker_order(order)
+        for attempt in range(self.settings.fill_polls):
+            if current.status in _FINAL:
+                break
+            self._sleep(self.settings.fill_poll_s * (attempt + 1))
+            try:
+                refreshed = with_read_retries(
+                    lambda: self._client.get_order_by_id(order.id),
+                    self.settings.read_attempts,
+                    self.settings.backoff_s,
+                    self.settings.max_wait_s,
+                    self._sleep,
+                )
+            except (APIError, *NETWORK_ERRORS, ValidationError, ValueError):
+                break  # placed for sure; the fill is reconciled later
+            current = to_broker_order(refreshed)  # type: ignore[arg-type]
+        return current

@@ -1,0 +1,89 @@
+"""What alpaca-py leaves to its users: an HTTP timeout, and retries that are safe.
+
+alpaca-py has no timeout (a hung server blocks forever) and retries 429 and 504 three times with a
+fixed 3 s sleep on every request, order submission included. Here every client gets a timeout and
+no SDK retries; reads are retried by ``with_read_retries`` with backoff (honouring a 429's reset
+header); order submission is never retried blindly (see ``AlpacaBroker``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.common.rest import RESTClient
+
+T = TypeVar("T")
+
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+NETWORK_ERRORS = (requests.Timeout, requests.ConnectionError)
+
+
+class TimeoutSession(requests.Session):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("timeout", self.timeout_s)
+        return super().request(method, url, *args, **kwargs)
+
+
+def harden(client: RESTClient, timeout_s: float) -> RESTClient:
+    """Give an alpaca-py client a timeout and take away its own retries."""
+    client._session = TimeoutSession(timeout_s)
+    client._retry = 0
+    return client
+
+
+def status_of(error: APIError) -> int | None:
+    return error.status_code
+
+
+def message_of(error: APIError) -> str:
+    """The broker's message, even when the body is not JSON (``APIError.message`` raises then)."""
+    try:
+        return str(error.message)
+    except (ValueError, KeyError, TypeError):
+        return str(error)[:500]
+
+
+def retry_after_s(error: APIError, now: float, cap_s: float) -> float | None:
+    """How long a 429 asks us to wait (``X-RateLimit-Reset`` is a Unix time), capped."""
+    response = error.response
+    if response is None:
+        return None
+    reset = response.headers.get("X-RateLimit-Reset")
+    if reset is None:
+        return None
+    try:
+        return max(0.0, min(float(reset) - now, cap_s))
+    except ValueError:
+        return None
+
+
+def with_read_retries(
+    call: Callable[[], T],
+    attempts: int,
+    backoff_s: float,
+    cap_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run an idempotent read, retrying network errors, 5xx and 429 with exponential backoff."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except APIError as error:
+            status = status_of(error)
+            if status not in TRANSIENT_STATUSES or attempt == attempts - 1:
+                raise
+            wait = retry_after_s(error, time.time(), cap_s) if status == 429 else None
+            sleep(wait if wait is not None else min(backoff_s * 2**attempt, cap_s))
+        except NETWORK_ERRORS:
+            if attempt == attempts - 1:
+                raise
+            sleep(min(backoff_s * 2**attempt, cap_s))
+    raise AssertionError("unreachable")  # pragma: no cover

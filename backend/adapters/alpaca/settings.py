@@ -1,0 +1,62 @@
+"""Alpaca configuration. Keys use the names Alpaca's own tools read (``APCA_API_KEY_ID``,
+``APCA_API_SECRET_KEY``); ``EXEC_ALPACA_*`` names are accepted as well. The secret is a
+``SecretStr``: it never appears in a repr or a log line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AlpacaSettings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    api_key_id: str | None = Field(
+        None, validation_alias=AliasChoices("APCA_API_KEY_ID", "EXEC_ALPACA_KEY_ID")
+    )
+    secret_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("APCA_API_SECRET_KEY", "EXEC_ALPACA_SECRET_KEY")
+    )
+    paper: bool = Field(True, validation_alias=AliasChoices("EXEC_ALPACA_PAPER"))
+    # Base-URL overrides, for tests and proxies (one server may answer both).
+    trading_url: str | None = Field(
+        None, validation_alias=AliasChoices("APCA_API_BASE_URL", "EXEC_ALPACA_URL")
+    )
+    data_url: str | None = Field(
+        None, validation_alias=AliasChoices("APCA_API_DATA_URL", "EXEC_ALPACA_DATA_URL")
+    )
+    timeout_s: Annotated[float, Field(gt=0)] = Field(
+        10.0, validation_alias=AliasChoices("EXEC_ALPACA_TIMEOUT_S")
+    )
+    read_attempts: Annotated[int, Field(ge=1)] = Field(
+        3, validation_alias=AliasChoices("EXEC_ALPACA_READ_ATTEMPTS")
+    )
+    backoff_s: Annotated[float, Field(ge=0)] = Field(
+        0.2, validation_alias=AliasChoices("EXEC_ALPACA_BACKOFF_S")
+    )
+    max_wait_s: Annotated[float, Field(ge=0)] = Field(
+        5.0, validation_alias=AliasChoices("EXEC_ALPACA_MAX_WAIT_S")
+    )
+    # After an unconfirmed submit, how long "not found" is looked up again before it means unknown.
+    lookup_grace_s: Annotated[float, Field(ge=0)] = Field(
+        2.0, validation_alias=AliasChoices("EXEC_ALPACA_LOOKUP_GRACE_S")
+    )
+    # Fill tracking after placement: bounded polling of the order.
+    fill_polls: Annotated[int, Field(ge=0)] = Field(
+        5, validation_alias=AliasChoices("EXEC_ALPACA_FILL_POLLS")
+    )
+    fill_poll_s: Annotated[float, Field(ge=0)] = Field(
+        0.2, validation_alias=AliasChoices("EXEC_ALPACA_FILL_POLL_S")
+    )
+    # Quote cache: the cost check and the fill use the same snapshot within this lifetime.
+    quote_ttl_s: Annotated[float, Field(ge=0)] = Field(
+        1.0, validation_alias=AliasChoices("EXEC_ALPACA_QUOTE_TTL_S")
+    )
+
+    def credentials(self) -> dict[str, str | None]:
+        return {
+            "api_key": self.api_key_id,
+            "secret_key": self.secret_key.get_secret_value() if self.secret_key else None,
+        }
