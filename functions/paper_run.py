@@ -71,6 +71,7 @@ DECISION_COLUMNS = (
     "mid_price",
     "notional",
     "estimated_cost",
+    "estimated_fees",
     "quote_currency",
     "trade_id",
     "idempotency_key",

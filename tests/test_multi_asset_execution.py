@@ -745,3 +745,38 @@ class TestEndToEnd:
         assert sum((t.notional for t in trades), Decimal(0)) == sum(
             (Decimal("0.01") * t.price for t in trades), Decimal(0)
         )
+
+
+class TestFees:
+    def test_equity_sell_fees_reach_the_decision_and_the_ledger(
+        self, make_engine: EngineFactory, store: SQLiteExecutionStore
+    ) -> None:
+        # Sell 100 AAPL: fill at the bid 189.99 -> proceeds 18999.00.
+        # CAT 100 x 0.000046 = 0.0046 -> 0.01; SEC 18999 x 0.0000278 = 0.5281722 -> 0.53;
+        # TAF 100 x 0.000166 = 0.0166 -> 0.02. Total 0.56 (each rounded up to the cent).
+        engine = make_engine(RiskLimits(max_position_qty=Decimal(1000)))
+        result = engine.execute_intent(intent(side="sell", qty=100))
+        [trade] = store.iter_ledger_trades()
+        assert trade.fees == Decimal("0.56")
+        [record] = store.iter_decisions()
+        assert record.estimated_fees == Decimal("0.56")  # at mid 190.00: SEC 0.5282 -> 0.53 too
+        assert result.estimated_fees == record.estimated_fees
+
+    def test_crypto_market_order_pays_the_taker_rate(
+        self, make_engine: EngineFactory, store: SQLiteExecutionStore, market: StaticMarketData
+    ) -> None:
+        market.set_quote("BTC/USD", "49995", "50005")
+        make_engine().execute_intent(intent("BTC/USD", qty="0.5"))
+        [trade] = store.iter_ledger_trades()
+        assert trade.fees == Decimal("0.5") * Decimal(50005) * Decimal("0.0025")  # 62.50625
+
+    def test_fee_schedule_is_configuration(self) -> None:
+        from backend.core.fees import FeeSchedule, estimate_fees
+        from backend.core.intents import Side
+
+        cheap = FeeSchedule(crypto_taker_bps=Decimal(10))
+        assert estimate_fees(AssetClass.CRYPTO, Side.BUY, Decimal(1), Decimal(100), cheap) == Decimal("0.1")
+        assert estimate_fees(AssetClass.OPTIONS, Side.SELL, Decimal(3), Decimal("4.1")) == Decimal(
+            "0.15"
+        ) + Decimal("0.01")
+        assert estimate_fees(AssetClass.FOREX, Side.BUY, Decimal(10000), Decimal("1.085")) == 0

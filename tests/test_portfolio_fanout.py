@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -14,6 +14,7 @@ import pytest
 
 from backend.adapters.market_data import StaticMarketData
 from backend.adapters.sqlite_store import SQLiteExecutionStore
+from backend.core.fees import FeeSchedule
 from backend.core.intents import OrderIntent
 from backend.core.ledger import LedgerTrade
 from backend.core.portfolio import PortfolioTrade
@@ -27,6 +28,7 @@ from backend.observability.logging import configure_logging
 from tests.conftest import CountingBroker
 
 UID = "user_12345"
+NO_FEES = FeeSchedule(*(Decimal(0) for _ in fields(FeeSchedule)))
 
 
 @pytest.fixture
@@ -47,6 +49,7 @@ def engine_for(
         clock=clock,
         settings=ExecSettings(tenant_id="acme_corp", uid=UID),
         portfolio=store if fan_out else None,
+        fee_schedule=NO_FEES,  # the known answers below are worked out without fees
     )
 
 

@@ -50,7 +50,9 @@ class LedgerTrade:
     executed_at: datetime
 
 
-def build_ledger_trade(result: ExecutionResult) -> LedgerTrade:
+def build_ledger_trade(result: ExecutionResult, fees: Decimal = Decimal(0)) -> LedgerTrade:
+    """``fees``: what the fill cost in fees (the fee model at the fill price, until a broker
+    reports actual fees)."""
     order = result.broker_order
     if result.routing is None or result.risk is None or order is None:
         raise ValueError("a ledger trade needs routing, risk and a broker confirmation")
@@ -74,7 +76,7 @@ def build_ledger_trade(result: ExecutionResult) -> LedgerTrade:
         qty=order.filled_qty,
         price=order.avg_fill_price,
         notional=order.filled_qty * order.avg_fill_price,
-        fees=Decimal(0),
+        fees=fees,
         routing=result.routing,
         risk=result.risk,
         broker=order,
@@ -107,6 +109,7 @@ class DecisionRecord:
     mid_price: Decimal | None
     notional: Decimal | None
     estimated_cost: Decimal | None
+    estimated_fees: Decimal | None
     trade_id: str | None
     dry_run: bool
     decided_at: datetime
@@ -148,6 +151,7 @@ def build_decision_record(result: ExecutionResult, decision_id: str) -> Decision
         mid_price=routing.mid_price if routing else None,
         notional=cost.notional if cost else None,
         estimated_cost=cost.estimated_cost if cost else None,
+        estimated_fees=result.estimated_fees,
         trade_id=result.trade_id,
         dry_run=result.status is ExecutionStatus.DRY_RUN,
         decided_at=result.decided_at,

@@ -83,6 +83,7 @@ class ExecutionResult:
     trade_id: str | None = None
     ledger_path: str | None = None
     replayed: bool = False  # True when this is the stored answer to an earlier identical intent
+    estimated_fees: Decimal | None = None  # at the quote's mid, in the quote currency
 
     @property
     def broker_order_id(self) -> str | None:

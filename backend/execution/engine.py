@@ -16,12 +16,14 @@ import logging
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
 from pydantic import ValidationError
 
 from backend.core.assets import AssetClass
+from backend.core.fees import ALPACA_FEES, FeeSchedule, estimate_fees
 from backend.core.intents import OrderIntent, Side
 from backend.core.ledger import LedgerTrade, build_ledger_trade
 from backend.core.orders import (
@@ -160,6 +162,7 @@ class ExecutionEngine:
         clock: Clock | None = None,
         settings: ExecSettings | None = None,
         portfolio: PortfolioStore | None = None,
+        fee_schedule: FeeSchedule = ALPACA_FEES,
     ) -> None:
         """``portfolio``: fan each ledger row out to the user's history right after it is written
         (local runs). Leave it None where a Firestore trigger does the fan-out. Without a ``store``
@@ -177,6 +180,7 @@ class ExecutionEngine:
             portfolio = portfolio or configured_portfolio
         self.store = store
         self.portfolio = portfolio
+        self.fee_schedule = fee_schedule
         self.clock = clock or router.clock or SystemClock()
 
     def execute_intent(
@@ -202,6 +206,10 @@ class ExecutionEngine:
             routing = self.router.bypass(intent, quote=quote)
         log_smart_routing(routing, key)
         draft = _Draft(intent, tenant_id, intent.uid or self.settings.uid, key, now, routing)
+        if routing.mid_price is not None:
+            draft.estimated_fees = estimate_fees(
+                intent.asset_class, intent.side, intent.qty, routing.mid_price, self.fee_schedule
+            )
         if not routing.should_execute:
             status = ExecutionStatus.DOWNGRADED if routing.downgraded else ExecutionStatus.REJECTED
             return self._finish_without_order(draft.result(status, routing.reason_code, routing.reason))
@@ -233,6 +241,7 @@ class ExecutionEngine:
             unknown.routing,  # type: ignore[arg-type]
         )  # fmt: skip
         draft.risk = unknown.risk
+        draft.estimated_fees = unknown.estimated_fees
         trading_day = unknown.decided_at.date().isoformat()
         client_order_id = client_order_id_for(unknown.tenant_id, unknown.idempotency_key)
         try:
@@ -342,7 +351,11 @@ class ExecutionEngine:
             trade_id=trade_id,
             ledger_path=ledger_trade_path(draft.tenant_id, trade_id),
         )
-        trade = build_ledger_trade(placed)
+        fees = estimate_fees(
+            placed.intent.asset_class, order.side, order.filled_qty, order.avg_fill_price or Decimal(0),
+            self.fee_schedule,
+        )  # fmt: skip
+        trade = build_ledger_trade(placed, fees)
         self.store.record_trade(placed, trade)
         _log_outcome("exec.order_placed", placed)
         if self.portfolio is not None:
@@ -411,7 +424,7 @@ def _in_flight(result: ExecutionResult) -> ExecutionResult:
 class _Draft:
     """What the engine knows about one intent so far; each outcome is built from it exactly once."""
 
-    __slots__ = ("intent", "key", "now", "risk", "routing", "tenant_id", "uid")
+    __slots__ = ("estimated_fees", "intent", "key", "now", "risk", "routing", "tenant_id", "uid")
 
     def __init__(
         self, intent: OrderIntent, tenant_id: str, uid: str, key: str, now: datetime, routing: RoutingDecision
@@ -423,6 +436,7 @@ class _Draft:
         self.now = now
         self.routing = routing
         self.risk: RiskDecision | None = None
+        self.estimated_fees: Decimal | None = None
 
     def result(
         self,
@@ -447,6 +461,7 @@ class _Draft:
             broker_order=broker_order,
             trade_id=trade_id,
             ledger_path=ledger_path,
+            estimated_fees=self.estimated_fees,
         )
 
     def risk_refusal(self) -> ExecutionResult:
