@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from decimal import Decimal
 
@@ -90,7 +91,8 @@ class AlpacaMarketData(MarketDataProvider):
                 )  # type: ignore[return-value]
             return self._options.get_option_latest_quote(OptionLatestQuoteRequest(symbol_or_symbols=wanted))  # type: ignore[return-value]
 
-        self.requests += 1
+        with self._lock:
+            self.requests += 1
         settings = self.settings
         try:
             answer = with_read_retries(call, settings.read_attempts, settings.backoff_s, settings.max_wait_s)
@@ -130,8 +132,15 @@ class AlpacaMarketData(MarketDataProvider):
                     result[symbol] = None  # no FX data on Alpaca
                     continue
                 missing.setdefault(asset_class, []).append(symbol)
-        for asset_class, batch in missing.items():
-            fetched = self._fetch(asset_class, batch)
+        # One request per asset class, the classes fetched concurrently: a run waits for one
+        # round trip, not three.
+        batches = list(missing.items())
+        if len(batches) > 1:
+            with ThreadPoolExecutor(max_workers=len(batches)) as pool:
+                answers = list(pool.map(lambda item: self._fetch(*item), batches))
+        else:
+            answers = [self._fetch(*item) for item in batches]
+        for fetched in answers:
             with self._lock:
                 for symbol, quote in fetched.items():
                     self._cache[symbol] = (now, quote)
