@@ -450,3 +450,26 @@ class TestMarketData:
         result = make_engine(tmp_path, broker, market_data).execute_intent(intent())
         assert result.reason_code is ReasonCode.QUOTE_MISSING
         assert posted_bodies(fake) == 0
+
+
+class TestVenueTable:
+    def test_table_from_configuration(self, broker: AlpacaBroker) -> None:
+        from backend.adapters.venues import build_venues
+
+        paper = PaperBroker(StaticMarketData(clock=SystemClock()), SystemClock())
+        made: list[str] = []
+
+        def make_alpaca() -> AlpacaBroker:
+            made.append("alpaca")
+            return broker
+
+        table = ExecSettings(venues={"FOREX": "none"}).venue_table()  # type: ignore[arg-type]
+        router = build_venues(table, make_alpaca, lambda: paper)
+        assert router.venue_for(AssetClass.EQUITY) is broker
+        assert router.venue_for(AssetClass.CRYPTO) is broker
+        assert router.venue_for(AssetClass.FOREX) is None
+        assert made == ["alpaca"]  # one client for all the classes it serves
+        with pytest.raises(ValueError, match="Alpaca does not trade FX"):
+            build_venues({"FOREX": "alpaca"}, make_alpaca, lambda: paper)
+        with pytest.raises(ValueError, match="unknown venue 'ibkr'"):
+            build_venues({"EQUITY": "ibkr"}, make_alpaca, lambda: paper)

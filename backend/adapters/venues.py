@@ -7,7 +7,7 @@ venue (the paper venue in local runs) or, with none configured, is refused with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from backend.core.assets import AssetClass
 from backend.core.orders import BrokerOrder, OrderRequest
@@ -51,3 +51,34 @@ class VenueRouter(Broker):
             if order is not None:
                 return order
         return None
+
+
+VENUE_NAMES = ("alpaca", "paper", "none")
+
+
+def build_venues(
+    table: Mapping[str, str],
+    alpaca: Callable[[], Broker],
+    paper: Callable[[], Broker],
+) -> VenueRouter:
+    """A routing table from configuration, e.g. ``EXEC_VENUES='{"FOREX": "paper"}'`` on top of the
+    defaults. Unknown classes or venue names are refused with the offending value; Alpaca is never
+    accepted for FOREX."""
+    made: dict[str, Broker] = {}
+    venues: dict[AssetClass, Broker | None] = {}
+    for raw_class, raw_venue in table.items():
+        asset_class = AssetClass.parse(raw_class)
+        venue = raw_venue.strip().lower()
+        if venue not in VENUE_NAMES:
+            raise ValueError(
+                f"unknown venue {raw_venue!r} for {asset_class.value}; expected one of {VENUE_NAMES}"
+            )
+        if venue == "alpaca" and asset_class is AssetClass.FOREX:
+            raise ValueError("Alpaca does not trade FX: route FOREX to 'paper' or 'none'")
+        if venue == "none":
+            venues[asset_class] = None
+            continue
+        if venue not in made:
+            made[venue] = alpaca() if venue == "alpaca" else paper()
+        venues[asset_class] = made[venue]
+    return VenueRouter(venues)

@@ -19,6 +19,15 @@ from backend.core.routing import RoutingPolicy
 NonNegativeDecimal = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 
 
+# Alpaca trades US equities, options and spot crypto; it does not trade FX.
+DEFAULT_VENUES: dict[AssetClass, str] = {
+    AssetClass.EQUITY: "alpaca",
+    AssetClass.CRYPTO: "alpaca",
+    AssetClass.OPTIONS: "alpaca",
+    AssetClass.FOREX: "paper",
+}
+
+
 class ConfigurationError(ValueError):
     """An EXEC_* variable holds a value the engine cannot run with."""
 
@@ -41,10 +50,15 @@ class ExecSettings(BaseSettings):
     sqlite_path: Annotated[str, Field(min_length=1)] = ".msr/ledger.sqlite3"
     # auto: Firestore when FIRESTORE_EMULATOR_HOST or a Google Cloud project is configured, else SQLite.
     store: Literal["auto", "sqlite", "firestore"] = "auto"
+    # Venue per asset class, overriding DEFAULT_VENUES: JSON, e.g. EXEC_VENUES='{"FOREX": "none"}'.
+    venues: dict[AssetClass, Literal["alpaca", "paper", "none"]] = Field(default_factory=dict)
     # An unknown broker outcome still not found at the broker after this long was never placed.
     reconcile_after_seconds: Annotated[float, Field(ge=0)] = 60.0
     # auto: the embedded store fans out inline; on Firestore the ledger trigger does it.
     fanout: Literal["auto", "inline", "trigger"] = "auto"
+
+    def venue_table(self) -> dict[AssetClass, str]:
+        return {**DEFAULT_VENUES, **self.venues}
 
     def risk_limits(self) -> RiskLimits:
         return RiskLimits(
