@@ -11,7 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class AlpacaSettings(BaseSettings):
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    """Every setting but the keys and URLs reads ``EXEC_ALPACA_<NAME>`` (``EXEC_ALPACA_TIMEOUT_S``...)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EXEC_ALPACA_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     api_key_id: str | None = Field(
         None, validation_alias=AliasChoices("APCA_API_KEY_ID", "EXEC_ALPACA_KEY_ID")
@@ -19,7 +23,6 @@ class AlpacaSettings(BaseSettings):
     secret_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("APCA_API_SECRET_KEY", "EXEC_ALPACA_SECRET_KEY")
     )
-    paper: bool = Field(True, validation_alias=AliasChoices("EXEC_ALPACA_PAPER"))
     # Base-URL overrides, for tests and proxies (one server may answer both).
     trading_url: str | None = Field(
         None, validation_alias=AliasChoices("APCA_API_BASE_URL", "EXEC_ALPACA_URL")
@@ -27,33 +30,18 @@ class AlpacaSettings(BaseSettings):
     data_url: str | None = Field(
         None, validation_alias=AliasChoices("APCA_API_DATA_URL", "EXEC_ALPACA_DATA_URL")
     )
-    timeout_s: Annotated[float, Field(gt=0)] = Field(
-        10.0, validation_alias=AliasChoices("EXEC_ALPACA_TIMEOUT_S")
-    )
-    read_attempts: Annotated[int, Field(ge=1)] = Field(
-        3, validation_alias=AliasChoices("EXEC_ALPACA_READ_ATTEMPTS")
-    )
-    backoff_s: Annotated[float, Field(ge=0)] = Field(
-        0.2, validation_alias=AliasChoices("EXEC_ALPACA_BACKOFF_S")
-    )
-    max_wait_s: Annotated[float, Field(ge=0)] = Field(
-        5.0, validation_alias=AliasChoices("EXEC_ALPACA_MAX_WAIT_S")
-    )
+    paper: bool = True
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    read_attempts: Annotated[int, Field(ge=1)] = 3
+    backoff_s: Annotated[float, Field(ge=0)] = 0.2
+    max_wait_s: Annotated[float, Field(ge=0)] = 5.0
     # After an unconfirmed submit, how long "not found" is looked up again before it means unknown.
-    lookup_grace_s: Annotated[float, Field(ge=0)] = Field(
-        2.0, validation_alias=AliasChoices("EXEC_ALPACA_LOOKUP_GRACE_S")
-    )
+    lookup_grace_s: Annotated[float, Field(ge=0)] = 2.0
     # Fill tracking after placement: bounded polling of the order.
-    fill_polls: Annotated[int, Field(ge=0)] = Field(
-        5, validation_alias=AliasChoices("EXEC_ALPACA_FILL_POLLS")
-    )
-    fill_poll_s: Annotated[float, Field(ge=0)] = Field(
-        0.2, validation_alias=AliasChoices("EXEC_ALPACA_FILL_POLL_S")
-    )
+    fill_polls: Annotated[int, Field(ge=0)] = 5
+    fill_poll_s: Annotated[float, Field(ge=0)] = 0.2
     # Quote cache: the cost check and the fill use the same snapshot within this lifetime.
-    quote_ttl_s: Annotated[float, Field(ge=0)] = Field(
-        1.0, validation_alias=AliasChoices("EXEC_ALPACA_QUOTE_TTL_S")
-    )
+    quote_ttl_s: Annotated[float, Field(ge=0)] = 1.0
 
     def credentials(self) -> dict[str, str | None]:
         return {
