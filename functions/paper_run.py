@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -36,15 +36,7 @@ from backend.execution.ports import ManualClock
 from backend.execution.settings import ExecSettings
 from backend.observability.logging import configure_logging
 from functions.runner import Sizing, intent_for_signal
-from functions.strategies.base_strategy import BaseStrategy
-from functions.strategies.examples import CostAwareEquityStrategy, MultiAssetStrategy
-from functions.strategies.mean_reversion import MeanReversionStrategy
-
-STRATEGIES: dict[str, Callable[[dict[str, Any]], BaseStrategy]] = {
-    "mean_reversion": MeanReversionStrategy,
-    "multi_asset": MultiAssetStrategy,
-    "cost_aware_equity": CostAwareEquityStrategy,
-}
+from functions.strategies import STRATEGIES
 
 # Paper-run position limits: big enough for a few of the default order sizes per class.
 PAPER_POSITION_LIMITS: Mapping[AssetClass, Decimal] = {
