@@ -1,0 +1,94 @@
+"""The composition root of the deployed functions: configuration in, wired adapters out.
+
+Built once per function instance and on first use (not at import: a cold start pays only for what
+the invoked function needs). Everything comes from the environment: ``EXEC_*`` (see the README),
+the Alpaca keys (Secret Manager in deployment), the emulator variables in local runs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from backend.execution.settings import ExecSettings, load_settings
+
+STRATEGY_RUNS_TOPIC = "strategy-runs"
+
+
+@dataclass
+class Services:
+    settings: ExecSettings
+    engine: Any  # ExecutionEngine
+    store: Any  # ExecutionStore (and PortfolioStore)
+    market_data: Any  # MarketDataProvider
+
+
+_lock = threading.Lock()
+
+
+@cache
+def project_id() -> str:
+    for name in ("GOOGLE_CLOUD_PROJECT", "GCLOUD_PROJECT"):
+        if os.environ.get(name):
+            return os.environ[name]
+    from backend.adapters.firestore_store import DEFAULT_PROJECT
+
+    return DEFAULT_PROJECT
+
+
+def firebase_app() -> Any:
+    """The firebase-admin app. Under the emulators it runs with anonymous credentials (the
+    emulators need none, and a demo project has none to find)."""
+    import firebase_admin
+
+    with _lock:
+        if firebase_admin._DEFAULT_APP_NAME in firebase_admin._apps:
+            return firebase_admin.get_app()
+        emulated = os.environ.get("FIRESTORE_EMULATOR_HOST") or os.environ.get("FIREBASE_AUTH_EMULATOR_HOST")
+        credential = _AnonymousCredential() if emulated else None
+        return firebase_admin.initialize_app(credential, {"projectId": project_id()})
+
+
+class _AnonymousCredential:
+    def get_credential(self) -> Any:
+        from google.auth.credentials import AnonymousCredentials
+
+        return AnonymousCredentials()
+
+
+@cache
+def services() -> Services:
+    """Engine, store and market data for this instance, from the environment."""
+    from backend.adapters.alpaca.broker import AlpacaBroker
+    from backend.adapters.alpaca.market_data import AlpacaMarketData
+    from backend.adapters.alpaca.settings import AlpacaSettings
+    from backend.adapters.market_data import StaticMarketData
+    from backend.adapters.paper_broker import PaperBroker
+    from backend.adapters.stores import build_stores
+    from backend.adapters.venues import build_venues
+    from backend.execution.engine import ExecutionEngine, RiskManager, SmartRouter
+    from backend.execution.ports import SystemClock
+
+    settings = load_settings()
+    alpaca_settings = AlpacaSettings()
+    clock = SystemClock()
+    market_data = AlpacaMarketData(alpaca_settings)
+    # FX has no data feed on Alpaca: the paper FX venue fills from quotes pushed to it.
+    fx_quotes = StaticMarketData(clock=clock)
+    broker = build_venues(
+        settings.venue_table(), lambda: AlpacaBroker(alpaca_settings), lambda: PaperBroker(fx_quotes, clock)
+    )
+    store, portfolio = build_stores(settings)
+    engine = ExecutionEngine(
+        broker=broker,
+        router=SmartRouter(market_data=market_data, clock=clock, policy=settings.routing_policy()),
+        risk=RiskManager(settings.risk_limits()),
+        store=store,
+        clock=clock,
+        settings=settings,
+        portfolio=portfolio,
+    )
+    return Services(settings, engine, store, market_data)

@@ -1,0 +1,96 @@
+"""What each deployed function does, behind the decorators in ``main.py``.
+
+Kept apart from ``main.py`` so that importing ``main`` (what a cold start and the Firebase CLI's
+discovery do) loads only the Firebase Functions SDK; the engine, the stores and the broker SDK are
+imported on the first invocation.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from backend.observability.logging import configure_logging, log_event
+
+logger = logging.getLogger("msr.functions")
+_configured = False
+
+
+def _logging() -> None:
+    global _configured
+    if not _configured:
+        configure_logging("INFO")
+        _configured = True
+
+
+def _db() -> Any:
+    from google.cloud import firestore
+
+    from functions.app import project_id
+
+    return firestore.Client(project=project_id())
+
+
+def execute_http(request: Any) -> Any:
+    _logging()
+    from functions.app import services
+    from functions.http_execute import handle_execute, verify_firebase_token
+
+    return handle_execute(
+        request, lambda intent: services().engine.execute_intent(intent), verify_firebase_token
+    )
+
+
+def schedule_tick(scheduled_at: datetime | None) -> int:
+    _logging()
+    from google.cloud import pubsub_v1
+
+    from functions.app import STRATEGY_RUNS_TOPIC, project_id
+    from functions.strategy_runs import publish_runs, run_id_for
+
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(project_id(), STRATEGY_RUNS_TOPIC)
+    return publish_runs(_db(), publisher, topic, run_id_for(scheduled_at or datetime.now(UTC)))
+
+
+def run_message(message_id: str, data: bytes) -> Any:
+    """A strategy-run message. Malformed: logged and acknowledged. Transient: raised (retried)."""
+    _logging()
+    from functions.app import services
+    from functions.strategy_runs import MalformedRun, parse_run_message, run_strategy
+
+    try:
+        message = parse_run_message(data)
+        return run_strategy(message, message_id, _db(), services())
+    except MalformedRun as exc:
+        log_event(logger, "runs.malformed", f"Acknowledged without running: {exc}", logging.ERROR,
+                  message_id=message_id)  # fmt: skip
+        return None
+
+
+def ledger_created(document: dict[str, Any] | None, path: str) -> Any:
+    """The Firestore trigger on a new ledger row: fan it out to the user's portfolio history."""
+    _logging()
+    from backend.execution.fanout import fan_out_ledger_document
+    from functions.app import services
+
+    if document is None:
+        log_event(logger, "portfolio.empty_event", f"No document in the event for {path}", logging.ERROR)
+        return None
+    try:
+        return fan_out_ledger_document(document, services().store)
+    except ValueError as exc:
+        log_event(logger, "portfolio.bad_ledger_document", f"{path}: {exc}", logging.ERROR)
+        return None
+
+
+def redrive_portfolio(since_hours: float = 48) -> Any:
+    _logging()
+    from datetime import timedelta
+
+    from backend.execution.fanout import redrive
+    from functions.app import services
+
+    store = services().store
+    return redrive(store, store, since=datetime.now(UTC) - timedelta(hours=since_hours))
