@@ -48,15 +48,19 @@ def firebase_app() -> Any:
         if firebase_admin._DEFAULT_APP_NAME in firebase_admin._apps:
             return firebase_admin.get_app()
         emulated = os.environ.get("FIRESTORE_EMULATOR_HOST") or os.environ.get("FIREBASE_AUTH_EMULATOR_HOST")
-        credential = _AnonymousCredential() if emulated else None
+        credential = _anonymous_credential() if emulated else None
         return firebase_admin.initialize_app(credential, {"projectId": project_id()})
 
 
-class _AnonymousCredential:
-    def get_credential(self) -> Any:
-        from google.auth.credentials import AnonymousCredentials
+def _anonymous_credential() -> Any:
+    from firebase_admin import credentials
+    from google.auth.credentials import AnonymousCredentials
 
-        return AnonymousCredentials()
+    class Anonymous(credentials.Base):  # type: ignore[misc]
+        def get_credential(self) -> AnonymousCredentials:
+            return AnonymousCredentials()
+
+    return Anonymous()
 
 
 @cache

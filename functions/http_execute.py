@@ -13,6 +13,7 @@ are answered with a reason and write nothing:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,14 +43,26 @@ def _refuse(
     return _json(status, {"error": error, "reason": reason, **details}, _headers)
 
 
+class InvalidToken(Exception):
+    """The caller's token is not acceptable (a 401), as opposed to a failure on our side (a 500)."""
+
+
 def verify_firebase_token(token: str) -> Mapping[str, Any]:
-    """firebase-admin's verification (signature, expiry, audience); under the Auth emulator
-    (``FIREBASE_AUTH_EMULATOR_HOST``) it accepts the emulator's unsigned tokens."""
+    """firebase-admin's verification (signature, expiry, audience, issuer). Under the Auth emulator
+    (``FIREBASE_AUTH_EMULATOR_HOST``) firebase-admin accepts unsigned tokens and skips the expiry
+    check; the expiry is checked here as well, so the emulator refuses what production refuses."""
     from firebase_admin import auth
 
     from functions.app import firebase_app
 
-    return auth.verify_id_token(token, app=firebase_app())  # type: ignore[no-any-return]
+    app = firebase_app()  # a configuration error here is ours: it propagates (500)
+    try:
+        claims = auth.verify_id_token(token, app=app)
+    except (auth.InvalidIdTokenError, auth.ExpiredIdTokenError, auth.RevokedIdTokenError, ValueError) as exc:
+        raise InvalidToken(type(exc).__name__) from exc
+    if float(claims.get("exp", 0)) <= time.time():
+        raise InvalidToken("expired")
+    return claims  # type: ignore[no-any-return]
 
 
 class _Refused(Exception):
@@ -71,10 +84,8 @@ def _caller(request: Request, verify: TokenVerifier) -> tuple[str, str]:
         )
     try:
         claims = verify(header[7:].strip())
-    except Exception as exc:
-        raise _refused(
-            401, "unauthenticated", f"the ID token was not accepted ({type(exc).__name__})"
-        ) from exc
+    except InvalidToken as exc:
+        raise _refused(401, "unauthenticated", f"the ID token was not accepted ({exc})") from exc
     uid, tenant_id, role = claims.get("uid") or claims.get("sub"), claims.get("tenant_id"), claims.get("role")
     if not uid:
         raise _refused(401, "unauthenticated", "the ID token names no user")

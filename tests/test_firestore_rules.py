@@ -7,9 +7,7 @@ which the emulator treats as the owner and exempts from rules, like the backend'
 
 from __future__ import annotations
 
-import base64
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.emulators import PROJECT, FirestoreEmulator
+from tests.tokens import unsigned_token
 
 RULES = Path(__file__).resolve().parents[1] / "firestore.rules"
 
@@ -53,24 +52,6 @@ READABLE = {
 }
 
 OPERATIONS = ("get", "list", "create", "update", "delete")
-
-
-def unsigned_token(claims: dict[str, Any]) -> str:
-    def part(data: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-
-    now = int(time.time())
-    payload = {
-        "iss": f"https://securetoken.google.com/{PROJECT}",
-        "aud": PROJECT,
-        "iat": now,
-        "exp": now + 3600,
-        "auth_time": now,
-        "sub": claims["uid"],
-        "user_id": claims["uid"],
-        **{k: v for k, v in claims.items() if k != "uid"},
-    }
-    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(payload)}."
 
 
 @pytest.fixture(scope="module")
