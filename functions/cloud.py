@@ -37,9 +37,7 @@ def execute_http(request: Any) -> Any:
     from functions.app import services
     from functions.http_execute import handle_execute, verify_firebase_token
 
-    return handle_execute(
-        request, lambda intent: services().engine.execute_intent(intent), verify_firebase_token
-    )
+    return handle_execute(request, lambda intent: services().execute(intent), verify_firebase_token)
 
 
 def schedule_tick(scheduled_at: datetime | None) -> int:

@@ -99,12 +99,9 @@ def _caller(request: Request, verify: TokenVerifier) -> tuple[str, str]:
 
 
 def _body(request: Request) -> dict[str, Any]:
-    too_large = _refused(413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise too_large
-    raw = request.stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise too_large
+    raw = b"" if (request.content_length or 0) > MAX_BODY_BYTES else request.stream.read(MAX_BODY_BYTES + 1)
+    if (request.content_length or 0) > MAX_BODY_BYTES or len(raw) > MAX_BODY_BYTES:
+        raise _refused(413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -57,8 +57,9 @@ class FakeAlpaca:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def set_quote(self, symbol: str, bid: str, ask: str, timestamp: str | None = None) -> None:
+        """Without a timestamp the quote is live: stamped with the time of each answer."""
         self.quotes[symbol] = {
-            "t": timestamp or _now(),
+            "t": timestamp,
             "bp": float(bid),
             "bs": 100.0,
             "ap": float(ask),
@@ -161,7 +162,10 @@ class FakeAlpaca:
     def latest_quotes(self, symbols: str) -> tuple[int, dict[str, Any]]:
         wanted = [s for s in symbols.split(",") if s]
         with self.lock:
-            return 200, {"quotes": {s: self.quotes[s] for s in wanted if s in self.quotes}}
+            quotes = {s: dict(self.quotes[s]) for s in wanted if s in self.quotes}
+        for quote in quotes.values():
+            quote["t"] = quote["t"] or _now()
+        return 200, {"quotes": quotes}
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -266,11 +266,19 @@ class SQLiteExecutionStore:
     # -- writes (each one atomic commit) ---------------------------------------------------
 
     @staticmethod
-    def _put_decision(
-        conn: sqlite3.Connection, result: ExecutionResult, *, create_only: bool = False
-    ) -> bool:
+    def _decision_row(result: ExecutionResult) -> tuple[str, str, str, str, str]:
+        """The row's values, serialized before the transaction: the lock is held for SQL only."""
+        return (
+            decision_path(result.tenant_id, new_decision_id(result)),
+            result.tenant_id,
+            result.status.value,
+            result.decided_at.isoformat(),
+            "" if result.status is ExecutionStatus.PENDING else to_json(RESULTS, result),
+        )
+
+    @staticmethod
+    def _put_decision(conn: sqlite3.Connection, row: tuple[str, ...], *, create_only: bool = False) -> bool:
         """Write a decision row; with ``create_only`` an existing row wins and False is returned."""
-        pending = result.status is ExecutionStatus.PENDING
         cursor = conn.execute(
             "INSERT INTO decisions (path, tenant_id, status, decided_at, result) VALUES (?, ?, ?, ?, ?) "
             + (
@@ -278,13 +286,7 @@ class SQLiteExecutionStore:
                 if create_only
                 else "ON CONFLICT (path) DO UPDATE SET status = excluded.status, result = excluded.result"
             ),
-            (
-                decision_path(result.tenant_id, new_decision_id(result)),
-                result.tenant_id,
-                result.status.value,
-                result.decided_at.isoformat(),
-                "" if pending else to_json(RESULTS, result),
-            ),
+            row,
         )
         return cursor.rowcount == 1
 
@@ -295,8 +297,9 @@ class SQLiteExecutionStore:
     def record_outcome(self, result: ExecutionResult) -> ExecutionResult | None:
         """An outcome that never reached the broker. First writer wins: a later one gets the stored
         result, or None while another worker's claim on the key is in flight."""
+        row = self._decision_row(result)
         with self._write() as conn:
-            if self._put_decision(conn, result, create_only=result.status is not ExecutionStatus.DRY_RUN):
+            if self._put_decision(conn, row, create_only=result.status is not ExecutionStatus.DRY_RUN):
                 return result
             return self._existing(conn, result)
 
@@ -346,7 +349,7 @@ class SQLiteExecutionStore:
                 (result.tenant_id, trading_day),
             )
             self._move_position(conn, result, Decimal(0), intent.side.sign * intent.qty, exposure)
-            self._put_decision(conn, result, create_only=True)
+            self._put_decision(conn, self._decision_row(result), create_only=True)
         return Claim(ClaimOutcome.CLAIMED, risk=decision)
 
     def record_trade(self, result: ExecutionResult, trade: LedgerTrade) -> ExecutionResult:
@@ -356,27 +359,25 @@ class SQLiteExecutionStore:
         released = (
             order.filled_qty if order.status is BrokerOrderStatus.PARTIALLY_FILLED else result.intent.qty
         )
+        ledger_row = (trade.path, trade.tenant_id, trade.trade_id, trade.executed_at.isoformat(),
+                      to_json(LEDGER_TRADES, trade))  # fmt: skip
+        decision_row = self._decision_row(result)
         with self._write() as conn:
             try:
                 conn.execute(
                     "INSERT INTO ledger_trades (path, tenant_id, trade_id, executed_at, document) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    (
-                        trade.path,
-                        trade.tenant_id,
-                        trade.trade_id,
-                        trade.executed_at.isoformat(),
-                        to_json(LEDGER_TRADES, trade),
-                    ),
+                    ledger_row,
                 )
             except sqlite3.IntegrityError as exc:
                 raise LedgerIntegrityError(f"ledger row {trade.path} already exists") from exc
             sign = trade.side.sign
             self._move_position(conn, result, sign * trade.qty, -sign * released)
-            self._put_decision(conn, result)
+            self._put_decision(conn, decision_row)
         return result
 
     def settle_claim(self, result: ExecutionResult, trading_day: str) -> ExecutionResult:
+        decision_row = self._decision_row(result)
         with self._write() as conn:
             if result.status is ExecutionStatus.FAILED:
                 conn.execute(
@@ -386,12 +387,13 @@ class SQLiteExecutionStore:
                 )
                 intent = result.intent
                 self._move_position(conn, result, Decimal(0), -intent.side.sign * intent.qty)
-            self._put_decision(conn, result)
+            self._put_decision(conn, decision_row)
         return result
 
     # -- portfolio history and tax lots (PortfolioStore) -------------------------------------
 
     def apply_history_entry(self, entry: PortfolioTrade, method: LotMethod | None = None) -> FanOutResult:
+        entry_json = to_json(HISTORY_ENTRIES, entry)
         with self._write() as conn:
             created = (
                 conn.execute(
@@ -402,7 +404,7 @@ class SQLiteExecutionStore:
                         entry.uid,
                         entry.broker_account_id,
                         entry.symbol,
-                        to_json(HISTORY_ENTRIES, entry),
+                        entry_json,
                     ),
                 ).rowcount
                 == 1
