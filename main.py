@@ -23,6 +23,13 @@ STRATEGY_RUNS_TOPIC = "strategy-runs"  # also functions.app.STRATEGY_RUNS_TOPIC
 STRATEGY_SCHEDULE = os.environ.get("STRATEGY_SCHEDULE", "every 5 minutes")
 REDRIVE_SCHEDULE = os.environ.get("REDRIVE_SCHEDULE", "every 30 minutes")
 
+if os.environ.get("FIRESTORE_EMULATOR_HOST"):
+    # Under the emulators the SDK's own Firestore trigger would initialise firebase-admin with
+    # credentials a developer machine does not have; give it the emulator's anonymous ones first.
+    from functions.app import firebase_app
+
+    firebase_app()
+
 ALPACA_KEY_ID = SecretParam("APCA_API_KEY_ID")
 ALPACA_SECRET_KEY = SecretParam("APCA_API_SECRET_KEY")
 BROKER_SECRETS = [ALPACA_KEY_ID, ALPACA_SECRET_KEY]

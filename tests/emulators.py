@@ -89,3 +89,42 @@ class FirestoreEmulator:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait(timeout=5)
         self._process = None
+
+
+class PubSubEmulator:
+    """Google's Pub/Sub emulator. It has no reset: tests use their own subscription names."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log = Path(os.environ.get("TMPDIR", "/tmp")) / f"pubsub-emulator-{self.port}.log"
+
+    def start(self, timeout: float = 60.0) -> None:
+        command = [
+            "gcloud",
+            "beta",
+            "emulators",
+            "pubsub",
+            "start",
+            f"--host-port={self.host}",
+            f"--project={PROJECT}",
+        ]
+        with self._log.open("wb") as log:
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"Pub/Sub emulator exited: {self._log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as response:
+                    if response.read().strip() == b"Ok":
+                        return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"Pub/Sub emulator not ready after {timeout}s")
+
+    stop = FirestoreEmulator.stop
