@@ -34,7 +34,7 @@ from backend.core.orders import OrderRequest
 from backend.core.risk import RiskLimits
 from backend.execution.engine import ExecutionEngine, OrderIntent, RiskManager, SmartRouter
 from backend.execution.settings import ExecSettings
-from tests.alpaca_server import FakeAlpaca, running
+from devtools.alpaca_simulator import FakeAlpaca, running
 
 EQUITIES = [f"EQ{i:02d}" for i in range(30)]
 CRYPTO = [

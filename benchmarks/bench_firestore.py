@@ -27,7 +27,7 @@ from backend.execution.engine import ExecutionEngine, OrderIntent, RiskManager, 
 from backend.execution.fanout import fan_out_ledger_trade
 from backend.execution.ports import ManualClock
 from backend.execution.settings import ExecSettings
-from tests.emulators import PROJECT, FirestoreEmulator, missing_reason
+from devtools.emulators import PROJECT, FirestoreEmulator, missing_reason
 
 
 class Timed:

@@ -27,10 +27,10 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.alpaca_server import FakeAlpaca, running  # noqa: E402
-from tests.emulators import PROJECT  # noqa: E402
-from tests.served_functions import ServedFunction  # noqa: E402
-from tests.tokens import unsigned_token  # noqa: E402
+from devtools.alpaca_simulator import FakeAlpaca, running  # noqa: E402
+from devtools.emulators import PROJECT  # noqa: E402
+from devtools.served_functions import ServedFunction  # noqa: E402
+from devtools.tokens import unsigned_token  # noqa: E402
 
 SDK_ONLY = "from firebase_functions import firestore_fn, https_fn, pubsub_fn, scheduler_fn"
 
@@ -145,7 +145,7 @@ def main() -> None:
 
 
 def baseline(args: argparse.Namespace) -> None:
-    from tests.emulators import free_port
+    from devtools.emulators import free_port
 
     port = free_port()
     process = subprocess.Popen(

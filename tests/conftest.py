@@ -21,7 +21,7 @@ from backend.core.risk import RiskLimits
 from backend.execution.engine import ExecutionEngine, RiskManager, SmartRouter
 from backend.execution.ports import ManualClock
 from backend.execution.settings import ExecSettings
-from tests.emulators import PROJECT, REQUIRE_ENV, FirestoreEmulator, emulators_required, missing_reason
+from devtools.emulators import PROJECT, REQUIRE_ENV, FirestoreEmulator, emulators_required, missing_reason
 
 T0 = datetime(2026, 3, 2, 15, 30, tzinfo=UTC)
 # FX quantities are units of the base currency: the default limit of 100 would be EUR 100.

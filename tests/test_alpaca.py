@@ -34,7 +34,7 @@ from backend.execution.engine import (
 from backend.execution.ports import SystemClock
 from backend.execution.settings import ExecSettings
 from backend.observability.logging import configure_logging
-from tests.alpaca_server import FakeAlpaca, Fault, running
+from devtools.alpaca_simulator import FakeAlpaca, Fault, running
 
 SECRET = "s3cr3t-do-not-log"
 ORDERS = "/v2/orders"

@@ -7,21 +7,20 @@ and writes the portfolio history. Then every message and event is delivered agai
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import requests
 
-from tests.alpaca_server import FakeAlpaca, running
-from tests.emulators import PROJECT, FirestoreEmulator, PubSubEmulator, emulators_required, missing_reason
-from tests.served_functions import ServedFunction
+from devtools.alpaca_simulator import FakeAlpaca, running
+from devtools.emulators import PROJECT, FirestoreEmulator, PubSubEmulator, emulators_required, missing_reason
+from devtools.eventarc import firestore_created_event, pubsub_event
+from devtools.served_functions import ServedFunction
 
 TENANT, STRATEGY, UID = "acme_corp", "equity_builder", "u1"
 SCHEDULE_TIME = "2026-03-02T15:30:00Z"
@@ -75,56 +74,6 @@ def stack(
         finally:
             for function in served.values():
                 function.stop()
-
-
-def pubsub_event(message: Any, subscription: str) -> tuple[dict[str, str], bytes]:
-    """A Pub/Sub message as Eventarc delivers it (binary CloudEvent; both key spellings)."""
-    published = message.publish_time.isoformat().replace("+00:00", "Z")
-    body = {
-        "message": {
-            "data": base64.b64encode(message.data).decode(),
-            "attributes": dict(message.attributes),
-            "message_id": message.message_id,
-            "messageId": message.message_id,
-            "publish_time": published,
-            "publishTime": published,
-        },
-        "subscription": subscription,
-    }
-    headers = {
-        "ce-specversion": "1.0",
-        "ce-id": str(uuid.uuid4()),  # random under the emulator too: deduplication uses message_id
-        "ce-source": f"//pubsub.googleapis.com/projects/{PROJECT}/topics/strategy-runs",
-        "ce-type": "google.cloud.pubsub.topic.v1.messagePublished",
-        "ce-time": published,
-        "Content-Type": "application/json",
-    }
-    return headers, json.dumps(body).encode()
-
-
-def firestore_created_event(client: Any, path: str) -> tuple[dict[str, str], bytes]:
-    """A document-created event as Eventarc delivers it: the document read back, as protobuf."""
-    from google.events.cloud.firestore import Document, DocumentEventData
-
-    name = f"projects/{PROJECT}/databases/(default)/documents/{path}"
-    stored = client._firestore_api.get_document(request={"name": name}, metadata=client._rpc_metadata)
-    document = Document.deserialize(type(stored).serialize(stored))
-    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    headers = {
-        "ce-specversion": "1.0",
-        "ce-id": str(uuid.uuid4()),
-        "ce-source": f"//firestore.googleapis.com/projects/{PROJECT}/databases/(default)",
-        "ce-type": "google.cloud.firestore.document.v1.created",
-        "ce-subject": f"documents/{path}",
-        "ce-time": now,
-        "ce-location": "us-central1",
-        "ce-project": PROJECT,
-        "ce-database": "(default)",
-        "ce-namespace": "(default)",
-        "ce-document": path,
-        "Content-Type": "application/protobuf",
-    }
-    return headers, DocumentEventData.serialize(DocumentEventData(value=document))
 
 
 def test_scheduled_run_to_portfolio_history_exactly_once(

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.emulators import PROJECT, FirestoreEmulator
-from tests.tokens import unsigned_token
+from devtools.emulators import PROJECT, FirestoreEmulator
+from devtools.tokens import unsigned_token
 
 RULES = Path(__file__).resolve().parents[1] / "firestore.rules"
 

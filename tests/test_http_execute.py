@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import requests
 
-from tests.alpaca_server import FakeAlpaca, running
-from tests.emulators import PROJECT
-from tests.served_functions import ServedFunction
-from tests.tokens import unsigned_token
+from devtools.alpaca_simulator import FakeAlpaca, running
+from devtools.emulators import PROJECT
+from devtools.served_functions import ServedFunction
+from devtools.tokens import unsigned_token
 
 TRADER = {"uid": "u1", "tenant_id": "acme_corp", "role": "trader"}
 INTENT = {

@@ -1,5 +1,5 @@
-"""A local HTTP server that speaks the part of Alpaca's REST API this project uses, so tests drive
-the *real* alpaca-py SDK over a real socket on 127.0.0.1.
+"""A local HTTP server that speaks the part of Alpaca's REST API this project uses, so the tests,
+the benchmarks and the local stack drive the *real* alpaca-py SDK over a real socket on 127.0.0.1.
 
 Trading: ``POST /v2/orders``, ``GET /v2/orders/{id}``, ``GET /v2/orders:by_client_order_id``.
 Market data: ``GET /v2/stocks/quotes/latest``, ``GET /v1beta3/crypto/us/latest/quotes``,

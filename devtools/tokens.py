@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from tests.emulators import PROJECT
+from devtools.emulators import PROJECT
 
 
 def unsigned_token(claims: dict[str, Any], project: str = PROJECT, expires_in_s: int = 3600) -> str:

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.emulators import free_port
+from devtools.emulators import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
