@@ -60,7 +60,7 @@ def run_message(message_id: str, data: bytes) -> Any:
 
     try:
         message = parse_run_message(data)
-        return run_strategy(message, message_id, _db(), services())
+        return run_strategy(message, message_id, _db(), services)
     except MalformedRun as exc:
         log_event(logger, "runs.malformed", f"Acknowledged without running: {exc}", logging.ERROR,
                   message_id=message_id)  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -103,9 +103,9 @@ def _run_record(db: Any, message: RunMessage) -> Any:
     return db.document(f"{collection}/{message.strategy_id}~{message.run_id}")
 
 
-def run_strategy(message: RunMessage, message_id: str, db: Any, services: Any) -> RunReport:
+def run_strategy(message: RunMessage, message_id: str, db: Any, services: Callable[[], Any]) -> RunReport:
     """Run one strategy once. Transient failures raise (Pub/Sub redelivers); bad input raises
-    ``MalformedRun`` (acknowledged)."""
+    ``MalformedRun`` (acknowledged). ``services`` is called only once the run is known to be valid."""
     from google.cloud import firestore
 
     record = _run_record(db, message)
@@ -132,7 +132,7 @@ def run_strategy(message: RunMessage, message_id: str, db: Any, services: Any) -
     record.set(
         {"status": "running", "message_id": message_id, "started_at": firestore.SERVER_TIMESTAMP}, merge=True
     )
-    signals, outcomes = _evaluate(message, config, services)
+    signals, outcomes = _evaluate(message, config, services())
     record.set({"status": "done", "signals": dict(signals), "outcomes": dict(outcomes),
                 "finished_at": firestore.SERVER_TIMESTAMP}, merge=True)  # fmt: skip
     log_event(logger, "runs.done", f"Run {message.run_id} of {message.strategy_id}: {dict(outcomes)}",

@@ -164,3 +164,32 @@ def test_scheduled_run_to_portfolio_history_exactly_once(
     run_record = firestore_client.document(f"tenants/{TENANT}/strategy_runs/{STRATEGY}~{run['run_id']}").get()
     assert run_record.get("status") == "done"
     assert run_record.get("outcomes") == {"placed": 2}
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"not json", "not a strategy-run message"),
+        (b'{"tenant_id": "t", "strategy_id": "s"}', "not a strategy-run message"),
+        (b'{"tenant_id": "t/x", "strategy_id": "s", "run_id": "r"}', "not a strategy-run message"),
+        (b'{"tenant_id": "t", "strategy_id": "missing", "run_id": "r"}', "no strategy missing"),
+    ],
+)
+def test_malformed_runs_are_logged_and_acknowledged(
+    firestore_client: Any, monkeypatch: pytest.MonkeyPatch, data: bytes, why: str
+) -> None:
+    import io
+
+    import functions.cloud as cloud
+    from backend.observability.logging import configure_logging
+
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+    monkeypatch.setattr(cloud, "_configured", True)
+    stream = io.StringIO()
+    configure_logging("INFO", stream)
+    assert cloud.run_message("m-1", data) is None  # returned normally: Pub/Sub acknowledges it
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    malformed = [e for e in events if e["event"] == "runs.malformed"]
+    assert len(malformed) == 1
+    assert why in malformed[0]["message"]
+    assert malformed[0]["severity"] == "ERROR"
