@@ -40,26 +40,43 @@ def missing_reason() -> str | None:
     return None
 
 
-class FirestoreEmulator:
-    def __init__(self, rules: Path | None = None) -> None:
+def stop_process_group(process: subprocess.Popen[bytes] | None) -> None:
+    """Stop a process started with ``start_new_session``, children included (the gcloud wrapper
+    alone would leave the Java emulator holding its port)."""
+    if process is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
+class _Emulator:
+    name = "emulator"
+
+    def __init__(self) -> None:
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.rules = rules
         self._process: subprocess.Popen[bytes] | None = None
-        self._log = Path(os.environ.get("TMPDIR", "/tmp")) / f"firestore-emulator-{self.port}.log"
+        self._log = Path(os.environ.get("TMPDIR", "/tmp")) / f"{self.name}-emulator-{self.port}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self, timeout: float = 60.0) -> None:
-        command = ["gcloud", "emulators", "firestore", "start", f"--host-port={self.host}"]
-        if self.rules is not None:
-            command.append(f"--rules={self.rules}")
+        """Start in a new process group; ready when ``GET /`` answers ``Ok``."""
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"Firestore emulator exited: {self._log.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.name} emulator exited: {self._log.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as response:
                     if response.read().strip() == b"Ok":
@@ -67,7 +84,25 @@ class FirestoreEmulator:
             except (urllib.error.URLError, OSError):
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"Firestore emulator not ready after {timeout}s: {self._log.read_text()[-2000:]}")
+        raise RuntimeError(
+            f"{self.name} emulator not ready after {timeout}s: {self._log.read_text()[-2000:]}"
+        )
+
+    def stop(self) -> None:
+        stop_process_group(self._process)
+        self._process = None
+
+
+class FirestoreEmulator(_Emulator):
+    name = "firestore"
+
+    def __init__(self, rules: Path | None = None) -> None:
+        super().__init__()
+        self.rules = rules
+
+    def command(self) -> list[str]:
+        command = ["gcloud", "emulators", "firestore", "start", f"--host-port={self.host}"]
+        return [*command, f"--rules={self.rules}"] if self.rules is not None else command
 
     def wipe(self) -> None:
         request = urllib.request.Request(
@@ -77,31 +112,14 @@ class FirestoreEmulator:
         with urllib.request.urlopen(request, timeout=10):
             pass
 
-    def stop(self) -> None:
-        if self._process is None:
-            return
-        try:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            self._process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
-            self._process.wait(timeout=5)
-        self._process = None
 
-
-class PubSubEmulator:
+class PubSubEmulator(_Emulator):
     """Google's Pub/Sub emulator. It has no reset: tests use their own subscription names."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log = Path(os.environ.get("TMPDIR", "/tmp")) / f"pubsub-emulator-{self.port}.log"
+    name = "pubsub"
 
-    def start(self, timeout: float = 60.0) -> None:
-        command = [
+    def command(self) -> list[str]:
+        return [
             "gcloud",
             "beta",
             "emulators",
@@ -110,21 +128,3 @@ class PubSubEmulator:
             f"--host-port={self.host}",
             f"--project={PROJECT}",
         ]
-        with self._log.open("wb") as log:
-            self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"Pub/Sub emulator exited: {self._log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as response:
-                    if response.read().strip() == b"Ok":
-                        return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"Pub/Sub emulator not ready after {timeout}s")
-
-    stop = FirestoreEmulator.stop

@@ -4,7 +4,6 @@ the same server Cloud Functions runs them in."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from devtools.emulators import free_port
+from devtools.emulators import free_port, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,13 +55,5 @@ class ServedFunction:
         raise RuntimeError(f"{self.target} did not start in {timeout}s: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        try:
-            os.killpg(self._process.pid, signal.SIGTERM)
-            self._process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self._process.pid, signal.SIGKILL)
+        stop_process_group(self._process)
         self._process = None
