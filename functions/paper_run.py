@@ -16,7 +16,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -35,7 +35,7 @@ from backend.execution.engine import ExecutionEngine, RiskManager, SmartRouter
 from backend.execution.ports import ManualClock
 from backend.execution.settings import ExecSettings
 from backend.observability.logging import configure_logging
-from functions.runner import Sizing, intent_for_signal
+from functions.runner import RunContext, Sizing, evaluate_and_execute
 from functions.strategies import STRATEGIES
 
 # Paper-run position limits: big enough for a few of the default order sizes per class.
@@ -162,29 +162,27 @@ def run_paper(config: PaperRunConfig, progress_stream: TextIO | None = None) -> 
     positions: dict[str, Decimal] = {}
     signals: Counter[str] = Counter()
     intents = new_orders = replayed = 0
+    base_context = RunContext(
+        strategy_id=config.strategy,
+        broker_account_id=config.broker_account_id,
+        tenant_id=config.tenant_id,
+        uid=config.uid,
+        run_id="",
+        sizing=config.sizing,
+    )
     progress = Progress(total_quotes, progress_stream) if progress_stream else None
     for index, quote in enumerate(market.replay(config.symbols), start=1):
         if strategy.supports(quote.asset_class):
-            signal = strategy.evaluate(quote.to_market_data(), {"positions": positions})
+            context = replace(base_context, run_id=quote.timestamp.isoformat())
+            signal, result = evaluate_and_execute(strategy, quote, positions, engine, context)
             signals[signal.signal_type.value] += 1
-            intent = intent_for_signal(
-                signal,
-                strategy_id=config.strategy,
-                broker_account_id=config.broker_account_id,
-                tenant_id=config.tenant_id,
-                uid=config.uid,
-                run_id=quote.timestamp.isoformat(),
-                position=positions.get(quote.symbol, Decimal(0)),
-                sizing=config.sizing,
-            )
-            if intent is not None:
+            if result is not None:
                 intents += 1
-                result = engine.execute_intent(intent, quote=quote)
                 order = result.broker_order
                 replayed += result.replayed
                 if result.status is ExecutionStatus.PLACED and order is not None:
                     new_orders += not result.replayed
-                    change = order.filled_qty if order.side.value == "buy" else -order.filled_qty
+                    change = order.side.sign * order.filled_qty
                     positions[quote.symbol] = positions.get(quote.symbol, Decimal(0)) + change
         if progress:
             progress.update(index)

@@ -1,7 +1,7 @@
 """From strategy signals to order intents: sizing and deterministic idempotency keys.
 
-Shared by the local paper run and (later) the Pub/Sub strategy-run function, so both turn a signal
-into exactly the same intent.
+Shared by the local paper run and the Pub/Sub strategy-run function, so both turn a quote into a
+signal, and a signal into an intent, in exactly the same way.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
+from typing import Any
 
 from backend.core.assets import AssetClass
 from backend.core.intents import OrderIntent, Side
-from backend.core.quotes import to_decimal
-from functions.strategies.base_strategy import SignalType, TradingSignal
+from backend.core.orders import ExecutionResult
+from backend.core.quotes import Quote, to_decimal
+from functions.strategies.base_strategy import BaseStrategy, SignalType, TradingSignal
 
 DEFAULT_ORDER_QTY: Mapping[AssetClass, Decimal] = MappingProxyType(
     {
@@ -80,3 +82,37 @@ def intent_for_signal(
         metadata={"tenant_id": tenant_id, "uid": uid, "run_id": run_id, "reasoning": signal.reasoning},
         idempotency_key=run_idempotency_key(tenant_id, strategy_id, run_id, signal.symbol),
     )
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Who a strategy trades for, in which run, and how big its orders are."""
+
+    strategy_id: str
+    broker_account_id: str
+    tenant_id: str
+    uid: str
+    run_id: str
+    sizing: Sizing
+
+
+def evaluate_and_execute(
+    strategy: BaseStrategy,
+    quote: Quote,
+    positions: Mapping[str, Decimal],
+    engine: Any,
+    context: RunContext,
+) -> tuple[TradingSignal, ExecutionResult | None]:
+    """One quote through the strategy; a BUY or SELL goes to the engine with that same quote."""
+    signal = strategy.evaluate(quote.to_market_data(), {"positions": positions})
+    intent = intent_for_signal(
+        signal,
+        strategy_id=context.strategy_id,
+        broker_account_id=context.broker_account_id,
+        tenant_id=context.tenant_id,
+        uid=context.uid,
+        run_id=context.run_id,
+        position=positions.get(quote.symbol, Decimal(0)),
+        sizing=context.sizing,
+    )
+    return signal, engine.execute_intent(intent, quote=quote) if intent is not None else None

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from backend.core.assets import AssetClass
 from backend.core.paths import tenant_collection_path
 from backend.observability.logging import log_event
-from functions.runner import Sizing, intent_for_signal
+from functions.runner import RunContext, Sizing, evaluate_and_execute
 from functions.strategies import STRATEGIES
 
 logger = logging.getLogger("msr.runs")
@@ -148,7 +148,14 @@ def _evaluate(
     symbols: Iterable[str] = [s.strip().upper() for s in config.symbols]
     quotes = services.market_data.get_quotes(symbols)  # one request per asset class
     positions = services.store.positions(message.tenant_id)
-    sizing = Sizing.with_overrides(config.qty)
+    context = RunContext(
+        strategy_id=message.strategy_id,
+        broker_account_id=config.broker_account_id,
+        tenant_id=message.tenant_id,
+        uid=config.uid,
+        run_id=message.run_id,
+        sizing=Sizing.with_overrides(config.qty),
+    )
     signals: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     for symbol in symbols:
@@ -156,18 +163,8 @@ def _evaluate(
         if quote is None or not strategy.supports(quote.asset_class):
             signals["no_quote" if quote is None else "unsupported"] += 1
             continue
-        signal = strategy.evaluate(quote.to_market_data(), {"positions": positions})
+        signal, result = evaluate_and_execute(strategy, quote, positions, services.engine, context)
         signals[signal.signal_type.value] += 1
-        intent = intent_for_signal(
-            signal,
-            strategy_id=message.strategy_id,
-            broker_account_id=config.broker_account_id,
-            tenant_id=message.tenant_id,
-            uid=config.uid,
-            run_id=message.run_id,
-            position=positions.get(symbol, Decimal(0)),
-            sizing=sizing,
-        )
-        if intent is not None:
-            outcomes[services.engine.execute_intent(intent, quote=quote).status.value] += 1
+        if result is not None:
+            outcomes[result.status.value] += 1
     return signals, outcomes

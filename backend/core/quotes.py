@@ -129,27 +129,6 @@ def quote_problem(quote: Quote | None, now: datetime, max_age: timedelta) -> tup
     return None
 
 
-def quote_from_market_data(market_data: Mapping[str, Any], now: datetime) -> Quote | None:
-    """Build a Quote from a seed-style ``market_data`` dict; None when bid or ask is missing."""
-    bid, ask = market_data.get("bid"), market_data.get("ask")
-    if bid is None or ask is None:
-        return None
-    symbol = str(market_data.get("symbol") or "")
-    raw_class = market_data.get("asset_class")
-    if raw_class:
-        asset_class = AssetClass.parse(raw_class)
-    else:
-        asset_class = detect_asset_class(symbol) if symbol else AssetClass.EQUITY
-    timestamp = market_data.get("timestamp")
-    return Quote(
-        symbol=symbol,
-        asset_class=asset_class,
-        bid=to_decimal(bid, "bid"),
-        ask=to_decimal(ask, "ask"),
-        timestamp=require_utc(timestamp) if isinstance(timestamp, datetime) else now,
-    )
-
-
 def market_data_spread_pct(market_data: Mapping[str, Any]) -> Decimal | None:
     """The spread fraction of a seed-style ``market_data`` dict.
 

@@ -39,10 +39,6 @@ def harden(client: RESTClient, timeout_s: float) -> RESTClient:
     return client
 
 
-def status_of(error: APIError) -> int | None:
-    return error.status_code
-
-
 def message_of(error: APIError) -> str:
     """The broker's message, even when the body is not JSON (``APIError.message`` raises then)."""
     try:
@@ -77,7 +73,7 @@ def with_read_retries(
         try:
             return call()
         except APIError as error:
-            status = status_of(error)
+            status = error.status_code
             if status not in TRANSIENT_STATUSES or attempt == attempts - 1:
                 raise
             wait = retry_after_s(error, time.time(), cap_s) if status == 429 else None
