@@ -28,7 +28,7 @@ from backend.adapters.alpaca.broker import AlpacaBroker
 from backend.adapters.alpaca.market_data import AlpacaMarketData
 from backend.adapters.alpaca.settings import AlpacaSettings
 from backend.adapters.sqlite_store import SQLiteExecutionStore
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.intents import Side
 from backend.core.orders import OrderRequest
 from backend.core.risk import RiskLimits

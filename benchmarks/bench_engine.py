@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.adapters.market_data import StaticMarketData
 from backend.adapters.paper_broker import PaperBroker
 from backend.adapters.sqlite_store import SQLiteExecutionStore
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.risk import Exposure, RiskLimits
 from backend.execution.engine import (
     ExecutionEngine,

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from backend.adapters.market_data import TapeMarketData, default_tapes
 from backend.adapters.paper_broker import PaperBroker
 from backend.adapters.sqlite_store import SQLiteExecutionStore
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.metrics import ExecutionMetrics, GroupMetrics, compute_metrics
 from backend.core.orders import ExecutionStatus
 from backend.core.quotes import to_decimal

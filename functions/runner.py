@@ -12,7 +12,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass, instrument_for
 from backend.core.intents import OrderIntent, Side
 from backend.core.orders import ExecutionResult
 from backend.core.quotes import Quote, to_decimal
@@ -112,7 +112,7 @@ def evaluate_and_execute(
         tenant_id=context.tenant_id,
         uid=context.uid,
         run_id=context.run_id,
-        position=positions.get(quote.symbol, Decimal(0)),
+        position=positions.get(instrument_for(quote.symbol, quote.asset_class).symbol, Decimal(0)),
         sizing=context.sizing,
     )
     return signal, engine.execute_intent(intent, quote=quote) if intent is not None else None

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.paths import tenant_collection_path
 from backend.observability.logging import log_event
 from functions.runner import RunContext, Sizing, evaluate_and_execute

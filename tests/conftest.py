@@ -15,7 +15,7 @@ import pytest
 from backend.adapters.market_data import StaticMarketData
 from backend.adapters.paper_broker import PaperBroker
 from backend.adapters.sqlite_store import SQLiteExecutionStore
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.orders import BrokerOrder, OrderRequest
 from backend.core.risk import RiskLimits
 from backend.execution.engine import ExecutionEngine, RiskManager, SmartRouter

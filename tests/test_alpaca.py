@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from backend.adapters.alpaca.broker import AlpacaBroker
 from backend.adapters.alpaca.market_data import AlpacaMarketData
@@ -21,9 +22,12 @@ from backend.adapters.market_data import StaticMarketData
 from backend.adapters.paper_broker import PaperBroker
 from backend.adapters.sqlite_store import SQLiteExecutionStore
 from backend.adapters.venues import VenueRouter
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass, instrument_for
+from backend.core.intents import Side
+from backend.core.orders import OrderRequest
 from backend.core.risk import RiskLimits
 from backend.execution.engine import (
+    BrokerRejectedError,
     ExecutionEngine,
     ExecutionStatus,
     OrderIntent,
@@ -150,7 +154,8 @@ class TestPlacement:
         assert order["client_order_id"] == result.client_order_id
         assert len(result.client_order_id or "") <= 128
         trades = list(engine.store.iter_ledger_trades("acme_corp"))
-        assert [(t.qty, t.price) for t in trades] == [(Decimal(qty), Decimal(fill))]
+        assert [(t.filled_qty, t.price) for t in trades] == [(Decimal(qty), Decimal(fill))]
+        assert trades[0].symbol == instrument_for(symbol).symbol  # one spelling: BTCUSD is BTC/USD
         assert posted_bodies(fake) == 1
 
     def test_same_intent_twice_is_one_post(
@@ -166,12 +171,15 @@ class TestPlacement:
     def test_fractional_options_and_fx_are_refused_before_the_network(
         self, tmp_path: Path, fake: FakeAlpaca, broker: AlpacaBroker, market_data: AlpacaMarketData
     ) -> None:
-        engine = make_engine(tmp_path, broker, market_data)
-        fractional = engine.execute_intent(intent(OPTION, "1.5", key="o"))
-        assert (fractional.status, fractional.reason_code) == (
-            ExecutionStatus.REJECTED,
+        with pytest.raises(ValidationError, match="whole contracts"):
+            intent(OPTION, "1.5", key="o")  # refused where the intent is made
+        request = OrderRequest("c1", "alpaca_main", OPTION, AssetClass.OPTIONS, Side.BUY, Decimal("1.5"))
+        assert broker.check(request) == (
             ReasonCode.ORDER_INVALID,
+            "OPTIONS trade in whole contracts, got qty 1.5",
         )
+        with pytest.raises(BrokerRejectedError, match="whole contracts"):
+            broker.submit_order(request)
         assert posted_bodies(fake) == 0
 
     def test_fill_is_tracked_until_final(

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from backend.adapters.market_data import StaticMarketData, TapeMarketData, default_tapes
 from backend.adapters.sqlite_store import SQLiteExecutionStore
-from backend.core.assets import AssetClass, describe_symbol, parse_occ_symbol
+from backend.core.instruments import AssetClass, InvalidSymbolError, instrument_for, parse_occ_symbol
 from backend.core.orders import BrokerOrder, BrokerOrderStatus, OrderRequest
 from backend.core.paths import ledger_trade_path
 from backend.core.quotes import Quote
@@ -633,8 +633,8 @@ class TestAssetClassDetection:
         assert BaseStrategy.detect_asset_class(symbol) is expected, why
 
     def test_quote_currency_and_occ_parsing(self) -> None:
-        assert describe_symbol("USD/JPY").quote_currency == "JPY"
-        assert describe_symbol("BTCUSDT").quote_currency == "USDT"
+        assert instrument_for("USD/JPY").quote_currency == "JPY"
+        assert instrument_for("BTCUSDT").quote_currency == "USDT"
         contract = parse_occ_symbol("SPY251219P00450000")
         assert contract is not None
         assert (contract.root, contract.right, contract.strike, contract.expiry.isoformat()) == (
@@ -645,8 +645,8 @@ class TestAssetClassDetection:
         )
 
     def test_empty_symbol_is_an_error(self) -> None:
-        with pytest.raises(ValueError, match="symbol must not be empty"):
-            describe_symbol("  ")
+        with pytest.raises(InvalidSymbolError, match="symbol must not be empty"):
+            instrument_for("  ")
 
 
 class TestLedgerPersistence:
@@ -741,7 +741,9 @@ class TestEndToEnd:
         trades = list(store.iter_ledger_trades("t"))
         assert statuses["placed"] == len(trades) == len(broker.calls)  # type: ignore[attr-defined]
         assert statuses.get("downgraded", 0) > 0
-        assert store.positions("t") == {"BTC/USDT": Decimal("0.01") * len(trades)}
+        # The taker fee is taken in BTC: each buy of 0.01 books 0.01 x (1 - 0.0025) = 0.009975.
+        assert all((t.filled_qty, t.qty) == (Decimal("0.01"), Decimal("0.009975")) for t in trades)
+        assert store.positions("t") == {"BTC/USDT": Decimal("0.009975") * len(trades)}
         assert sum((t.notional for t in trades), Decimal(0)) == sum(
             (Decimal("0.01") * t.price for t in trades), Decimal(0)
         )
@@ -775,8 +777,6 @@ class TestFees:
         from backend.core.intents import Side
 
         cheap = FeeSchedule(crypto_taker_bps=Decimal(10))
-        assert estimate_fees(AssetClass.CRYPTO, Side.BUY, Decimal(1), Decimal(100), cheap) == Decimal("0.1")
-        assert estimate_fees(AssetClass.OPTIONS, Side.SELL, Decimal(3), Decimal("4.1")) == Decimal(
-            "0.15"
-        ) + Decimal("0.01")
-        assert estimate_fees(AssetClass.FOREX, Side.BUY, Decimal(10000), Decimal("1.085")) == 0
+        btc, eur = instrument_for("BTC/USD"), instrument_for("EUR/USD")
+        assert estimate_fees(btc, Side.SELL, Decimal(1), Decimal(100), cheap).total == Decimal("0.1")
+        assert estimate_fees(eur, Side.BUY, Decimal(10000), Decimal("1.085")).total == 0

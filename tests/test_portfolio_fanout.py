@@ -28,7 +28,9 @@ from backend.observability.logging import configure_logging
 from tests.conftest import CountingBroker
 
 UID = "user_12345"
-NO_FEES = FeeSchedule(*(Decimal(0) for _ in fields(FeeSchedule)))
+NO_FEES = FeeSchedule.from_overrides(
+    {f.name: 0 for f in fields(FeeSchedule) if f.name not in ("source", "as_of")}
+)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
 from hypothesis import event, given, settings
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from backend.adapters.market_data import StaticMarketData
 from backend.adapters.paper_broker import PaperBroker
 from backend.adapters.sqlite_store import SQLiteExecutionStore
-from backend.core.assets import AssetClass, detect_asset_class
+from backend.core.instruments import AssetClass, detect_asset_class, instrument_for
 from backend.core.intents import OrderIntent, Side
 from backend.core.ledger import build_decision_record, new_decision_id
 from backend.core.orders import BrokerOrder, ExecutionResult, ExecutionStatus, OrderRequest
@@ -47,6 +47,13 @@ thresholds = st.decimals(
 symbols = st.sampled_from(SYMBOLS)
 sides = st.sampled_from(list(Side))
 asset_classes = st.sampled_from(list(AssetClass))
+
+
+def tradable(symbol: str, qty: Decimal) -> Decimal:
+    """``qty`` in a quantity the instrument allows (options: whole contracts, at least one)."""
+    if instrument_for(symbol).qty_increment is None:
+        return qty
+    return max(qty.to_integral_value(ROUND_CEILING), Decimal(1))
 
 
 def make_intent(symbol: str, side: Side = Side.BUY, qty: object = 1, **extra: object) -> OrderIntent:
@@ -352,7 +359,7 @@ def test_decision_estimated_cost_is_never_negative(
     bypass: bool,
     status: ExecutionStatus,
 ) -> None:
-    intent = make_intent(symbol, side, qty, estimated_slippage=estimated_slippage)
+    intent = make_intent(symbol, side, tradable(symbol, qty), estimated_slippage=estimated_slippage)
     quote = Quote(symbol, intent.asset_class, bid, ask, T0 - timedelta(seconds=age_seconds))
     policy = RoutingPolicy.build(max_spread_pct="0.001")
     routing: RoutingDecision = (
@@ -375,7 +382,9 @@ def test_decision_estimated_cost_is_never_negative(
     assert record.estimated_cost is None or record.estimated_cost >= 0
     assert record.notional is None or record.notional > 0
     if routing.bid is not None and routing.ask is not None and 0 < routing.bid <= routing.ask:
-        assert record.estimated_cost == intent.qty * (routing.ask - routing.bid)
+        # Money carries the contract multiplier: an option's spread cost is per share x 100.
+        multiplier = intent.instrument.multiplier
+        assert record.estimated_cost == intent.qty * (routing.ask - routing.bid) * multiplier
     else:
         assert record.estimated_cost is None
 
@@ -413,6 +422,7 @@ def spellings_of(value: Decimal) -> list[object]:
 def test_intent_qty_spellings_of_one_number_share_one_idempotency_key(
     value: Decimal, symbol: str, side: Side
 ) -> None:
+    value = tradable(symbol, value)
     intents = [make_intent(symbol, side, qty) for qty in spellings_of(value)]
 
     assert {intent.qty for intent in intents} == {value}

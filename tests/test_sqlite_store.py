@@ -240,7 +240,9 @@ def test_money_round_trips_exactly_through_the_store(db_path: Path, venue: Venue
         reopened.close()
 
     assert trade is not None
-    assert trade.qty == Decimal("0.1")
+    assert trade.filled_qty == Decimal("0.1")
+    assert trade.qty == Decimal("0.09975")  # the 25 bp taker fee is taken in BTC, the asset received
+    assert (trade.fee_currency, trade.fee_amount) == ("BTC", Decimal("0.00025"))
     assert trade.price == Decimal("39433.62")
     assert isinstance(trade.notional, Decimal)
     assert trade.notional == Decimal("3943.362")
@@ -250,7 +252,12 @@ def test_money_round_trips_exactly_through_the_store(db_path: Path, venue: Venue
     with closing(sqlite3.connect(db_path)) as conn:
         (document,) = conn.execute("SELECT document FROM ledger_trades").fetchone()
     stored = json.loads(document)
-    assert (stored["qty"], stored["price"], stored["notional"]) == ("0.1", "39433.62", "3943.362")
+    assert (stored["filled_qty"], stored["qty"], stored["price"], stored["notional"]) == (
+        "0.1",
+        "0.09975",
+        "39433.62",
+        "3943.362",
+    )
     # The decision record: notional at mid, cost = qty x spread, both exact.
     assert len(decisions) == 1
     assert decisions[0].notional == Decimal("3943.3305")

@@ -199,11 +199,11 @@ def test_lots_sum_to_the_position_and_money_is_conserved(
 
 
 def entry_for(lot_trade: LotTrade) -> Any:
-    from backend.core.assets import AssetClass
+    from backend.core.instruments import AssetClass
     from backend.core.portfolio import ExecutionLink, PortfolioTrade
 
     return PortfolioTrade(
-        schema_version=1,
+        schema_version=2,
         path=f"users/u/portfolio/history/trades/{lot_trade.trade_id}",
         history_id=lot_trade.trade_id,
         uid="u",
@@ -225,6 +225,10 @@ def entry_for(lot_trade: LotTrade) -> Any:
         trading_date=lot_trade.executed_at.date().isoformat(),
         tax_year=lot_trade.executed_at.year,
         execution=ExecutionLink("paper", "o", "c", "filled", "k"),
+        multiplier=lot_trade.multiplier,
+        filled_qty=lot_trade.qty,
+        fee_currency="USD",
+        fee_amount=lot_trade.fees,
     )
 
 

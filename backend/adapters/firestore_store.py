@@ -26,19 +26,26 @@ from typing import Any, TypeVar
 from google.api_core.exceptions import AlreadyExists
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
-from pydantic import TypeAdapter
 
 from backend.adapters.documents import (
     HISTORY_ENTRIES,
-    LEDGER_TRADES,
+    LEDGER_ENTRIES,
     LOTS_SNAPSHOTS,
     RESULTS,
+    DocumentCodec,
     from_document,
     to_document,
     without_server_fields,
 )
 from backend.core.intents import canonical_decimal
-from backend.core.ledger import DecisionRecord, LedgerTrade, build_decision_record, new_decision_id
+from backend.core.ledger import (
+    DecisionRecord,
+    LedgerEntry,
+    LedgerFeeAdjustment,
+    LedgerTrade,
+    build_decision_record,
+    new_decision_id,
+)
 from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
 from backend.core.paths import (
     daily_trade_count_path,
@@ -78,8 +85,13 @@ def _position_exposure(snapshot: firestore.DocumentSnapshot) -> Exposure:
     )
 
 
-def _model(adapter: TypeAdapter[T], snapshot: firestore.DocumentSnapshot) -> T:
-    return from_document(adapter, without_server_fields(snapshot.to_dict() or {}))
+def _model(codec: DocumentCodec[T], snapshot: firestore.DocumentSnapshot) -> T:
+    return from_document(codec, without_server_fields(snapshot.to_dict() or {}))
+
+
+def _position_key(result: ExecutionResult) -> tuple[str, str, str]:
+    intent = result.intent
+    return result.tenant_id, intent.broker_account_id, intent.symbol
 
 
 class FirestoreExecutionStore:
@@ -131,17 +143,17 @@ class FirestoreExecutionStore:
         )
 
     def _position_ref(self, result: ExecutionResult) -> firestore.DocumentReference:
-        intent = result.intent
-        return self._db.document(position_path(result.tenant_id, intent.broker_account_id, intent.symbol))
+        return self._db.document(position_path(*_position_key(result)))
 
+    @staticmethod
     def _position_data(
-        self, result: ExecutionResult, current: Exposure, filled: Decimal, pending: Decimal
+        key: tuple[str, str, str], current: Exposure, filled: Decimal, pending: Decimal
     ) -> dict[str, Any]:
-        intent = result.intent
+        tenant_id, broker_account_id, symbol = key
         return {
-            "tenant_id": result.tenant_id,
-            "broker_account_id": intent.broker_account_id,
-            "symbol": intent.symbol,
+            "tenant_id": tenant_id,
+            "broker_account_id": broker_account_id,
+            "symbol": symbol,
             "qty": canonical_decimal(current.position_qty + filled),
             "pending_qty": canonical_decimal(current.pending_qty + pending),
             "updated_at": firestore.SERVER_TIMESTAMP,
@@ -162,9 +174,9 @@ class FirestoreExecutionStore:
             totals[data["symbol"]] = totals.get(data["symbol"], Decimal(0)) + Decimal(data["qty"])
         return totals
 
-    def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerTrade | None:
+    def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerEntry | None:
         snapshot = self._db.document(ledger_trade_path(tenant_id, trade_id)).get()
-        return _model(LEDGER_TRADES, snapshot) if snapshot.exists else None
+        return _model(LEDGER_ENTRIES, snapshot) if snapshot.exists else None
 
     def _scan(self, collection: str, tenant_id: str | None, order_by: str) -> Iterator[Any]:
         """One tenant's collection, or every tenant's (a collection-group query), in order."""
@@ -175,9 +187,9 @@ class FirestoreExecutionStore:
         )
         return source.order_by(order_by).stream()  # type: ignore[no-any-return]
 
-    def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]:
+    def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerEntry]:
         for snapshot in self._scan("ledger_trades", tenant_id, "executed_at"):
-            yield _model(LEDGER_TRADES, snapshot)
+            yield _model(LEDGER_ENTRIES, snapshot)
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
         for snapshot in self._scan("decisions", tenant_id, "decided_at"):
@@ -227,7 +239,9 @@ class FirestoreExecutionStore:
                 },
             )
             pending = intent.side.sign * intent.qty
-            transaction.set(position_ref, self._position_data(result, exposure, Decimal(0), pending))
+            transaction.set(
+                position_ref, self._position_data(_position_key(result), exposure, Decimal(0), pending)
+            )
             transaction.create(decision_ref, self._decision_data(result))
             return Claim(ClaimOutcome.CLAIMED, risk=decision)
 
@@ -250,11 +264,11 @@ class FirestoreExecutionStore:
             exposure = _position_exposure(self._position_ref(result).get(transaction=transaction))
             sign = trade.side.sign
             transaction.create(
-                ledger_ref, {**to_document(LEDGER_TRADES, trade), "written_at": firestore.SERVER_TIMESTAMP}
+                ledger_ref, {**to_document(LEDGER_ENTRIES, trade), "written_at": firestore.SERVER_TIMESTAMP}
             )
             transaction.set(
-                self._db.document(position_path(result.tenant_id, intent.broker_account_id, intent.symbol)),
-                self._position_data(result, exposure, sign * trade.qty, -sign * released),
+                self._position_ref(result),
+                self._position_data(_position_key(result), exposure, sign * trade.qty, -sign * released),
             )
             transaction.set(decision_ref, self._decision_data(result))
 
@@ -263,6 +277,26 @@ class FirestoreExecutionStore:
         except AlreadyExists as exc:
             raise LedgerIntegrityError(f"ledger row {trade.path} already exists") from exc
         return result
+
+    def record_fee_adjustment(self, adjustment: LedgerFeeAdjustment) -> bool:
+        """The adjustment's ledger row (create-only) and its change to the position, in one
+        transaction; False when it had been recorded before."""
+        ledger_ref = self._db.document(adjustment.path)
+        key = (adjustment.tenant_id, adjustment.broker_account_id, adjustment.symbol)
+        position_ref = self._db.document(position_path(*key))
+        document = {**to_document(LEDGER_ENTRIES, adjustment), "written_at": firestore.SERVER_TIMESTAMP}
+
+        @firestore.transactional
+        def record_in(transaction: firestore.Transaction) -> bool:
+            if ledger_ref.get(transaction=transaction).exists:
+                return False
+            exposure = _position_exposure(position_ref.get(transaction=transaction))
+            transaction.create(ledger_ref, document)
+            delta = adjustment.side.sign * adjustment.qty
+            transaction.set(position_ref, self._position_data(key, exposure, delta, Decimal(0)))
+            return True
+
+        return bool(record_in(self._db.transaction()))
 
     def settle_claim(self, result: ExecutionResult, trading_day: str) -> ExecutionResult:
         intent = result.intent
@@ -280,10 +314,10 @@ class FirestoreExecutionStore:
                     merge=True,
                 )
                 transaction.set(
-                    self._db.document(
-                        position_path(result.tenant_id, intent.broker_account_id, intent.symbol)
+                    self._position_ref(result),
+                    self._position_data(
+                        _position_key(result), exposure, Decimal(0), -intent.side.sign * intent.qty
                     ),
-                    self._position_data(result, exposure, Decimal(0), -intent.side.sign * intent.qty),
                 )
             transaction.set(decision_ref, self._decision_data(result))
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 
-from backend.core.assets import AssetClass, detect_asset_class
+from backend.core.instruments import AssetClass, instrument_for
 from backend.core.quotes import Quote, require_utc, to_decimal
 from backend.execution.ports import Clock, ManualClock, MarketDataProvider
 
@@ -27,12 +27,12 @@ def load_quote_tape(path: str | Path) -> list[Quote]:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
         for line_no, row in enumerate(reader, start=2):
             try:
-                symbol = row["symbol"].strip().upper()
                 raw_class = (row.get("asset_class") or "").strip()
+                instrument = instrument_for(row["symbol"], raw_class or None)
                 quotes.append(
                     Quote(
-                        symbol=symbol,
-                        asset_class=AssetClass.parse(raw_class) if raw_class else detect_asset_class(symbol),
+                        symbol=instrument.symbol,
+                        asset_class=instrument.asset_class,
                         bid=to_decimal(row["bid"], "bid"),
                         ask=to_decimal(row["ask"], "ask"),
                         timestamp=require_utc(datetime.fromisoformat(row["timestamp"])),
@@ -76,7 +76,7 @@ class TapeMarketData(MarketDataProvider):
         return sum(len(self._quotes[symbol]) for symbol in self._chosen(symbols))
 
     def _chosen(self, symbols: Iterable[str] | None) -> list[str]:
-        chosen = self.symbols if symbols is None else [s.strip().upper() for s in symbols]
+        chosen = self.symbols if symbols is None else [instrument_for(s).symbol for s in symbols]
         unknown = [symbol for symbol in chosen if symbol not in self._quotes]
         if unknown:
             raise ValueError(f"no tape for {unknown}; tapes hold {self.symbols}")
@@ -91,14 +91,14 @@ class TapeMarketData(MarketDataProvider):
             yield quote
 
     def get_quote(self, symbol: str, asset_class: AssetClass | str | None = None) -> Quote | None:
-        return self._current.get(symbol.strip().upper())
+        return self._current.get(instrument_for(symbol, asset_class).symbol)
 
 
 class StaticMarketData(MarketDataProvider):
     """Fixed quotes for tests and examples; ``set_quote`` without a timestamp stamps the clock's now."""
 
     def __init__(self, quotes: Mapping[str, Quote] | None = None, clock: Clock | None = None) -> None:
-        self._quotes: dict[str, Quote] = {k.upper(): v for k, v in (quotes or {}).items()}
+        self._quotes: dict[str, Quote] = {instrument_for(k).symbol: v for k, v in (quotes or {}).items()}
         self._clock = clock
         self._lock = threading.Lock()
         self.requests = 0
@@ -111,22 +111,23 @@ class StaticMarketData(MarketDataProvider):
         timestamp: datetime | None = None,
         asset_class: AssetClass | str | None = None,
     ) -> Quote:
-        normalized = symbol.strip().upper()
+        instrument = instrument_for(symbol, asset_class)
         stamp = timestamp or (self._clock.now() if self._clock else None)
         if stamp is None:
             raise ValueError("StaticMarketData needs a timestamp or a clock")
         quote = Quote(
-            symbol=normalized,
-            asset_class=AssetClass.parse(asset_class) if asset_class else detect_asset_class(normalized),
+            symbol=instrument.symbol,
+            asset_class=instrument.asset_class,
             bid=to_decimal(bid, "bid"),
             ask=to_decimal(ask, "ask"),
             timestamp=require_utc(stamp),
         )
         with self._lock:
-            self._quotes[normalized] = quote
+            self._quotes[instrument.symbol] = quote
         return quote
 
     def get_quote(self, symbol: str, asset_class: AssetClass | str | None = None) -> Quote | None:
+        key = instrument_for(symbol, asset_class).symbol
         with self._lock:
             self.requests += 1
-            return self._quotes.get(symbol.strip().upper())
+            return self._quotes.get(key)

@@ -17,14 +17,22 @@ from pathlib import Path
 
 from backend.adapters.documents import (
     HISTORY_ENTRIES,
-    LEDGER_TRADES,
+    LEDGER_ENTRIES,
     LOTS_SNAPSHOTS,
     RESULTS,
     from_json,
     to_json,
 )
+from backend.core.instruments import instrument_for
 from backend.core.intents import canonical_decimal
-from backend.core.ledger import DecisionRecord, LedgerTrade, build_decision_record, new_decision_id
+from backend.core.ledger import (
+    DecisionRecord,
+    LedgerEntry,
+    LedgerFeeAdjustment,
+    LedgerTrade,
+    build_decision_record,
+    new_decision_id,
+)
 from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
 from backend.core.paths import (
     decision_id_for,
@@ -110,6 +118,41 @@ CREATE TABLE IF NOT EXISTS positions (
 """
 
 
+def _merge_position_spellings(conn: sqlite3.Connection) -> None:
+    """Positions written before symbols were canonical (``BTCUSD`` beside ``BTC/USD``) become one."""
+    rows = conn.execute(
+        "SELECT tenant_id, broker_account_id, symbol, qty, pending_qty FROM positions"
+    ).fetchall()
+    merged: dict[tuple[str, str, str], tuple[Decimal, Decimal]] = {}
+    legacy = []
+    for tenant_id, account, symbol, qty, pending in rows:
+        try:
+            canonical = instrument_for(symbol).symbol
+        except ValueError:
+            canonical = symbol
+        if canonical != symbol:
+            legacy.append((tenant_id, account, symbol))
+        key = (tenant_id, account, canonical)
+        held, in_flight = merged.get(key, (Decimal(0), Decimal(0)))
+        merged[key] = (held + Decimal(qty), in_flight + Decimal(pending))
+    if not legacy:
+        return
+    conn.executemany(
+        "DELETE FROM positions WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?", legacy
+    )
+    conn.executemany(
+        "INSERT INTO positions (tenant_id, broker_account_id, symbol, qty, pending_qty) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, broker_account_id, symbol) "
+        "DO UPDATE SET qty = excluded.qty, pending_qty = excluded.pending_qty",
+        [(*key, canonical_decimal(q), canonical_decimal(p)) for key, (q, p) in merged.items()],
+    )
+
+
+def _position_key(result: ExecutionResult) -> tuple[str, str, str]:
+    intent = result.intent
+    return result.tenant_id, intent.broker_account_id, intent.symbol
+
+
 def _prefix_range(prefix: str) -> tuple[str, str]:
     """Bounds that select every path under ``prefix`` through the primary key ('/' + 1 is '0')."""
     return prefix, prefix[:-1] + "0"
@@ -176,6 +219,14 @@ class SQLiteExecutionStore:
         self._conn.execute("PRAGMA wal_autocheckpoint=10000")
         self._conn.execute("PRAGMA journal_size_limit=67108864")
         _retry_while_locked(lambda: self._conn.executescript(SCHEMA))
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older file up to date, once (``PRAGMA user_version`` records how far it got)."""
+        with self._write() as conn:
+            if conn.execute("PRAGMA user_version").fetchone()[0] < 1:
+                _merge_position_spellings(conn)
+                conn.execute("PRAGMA user_version = 1")
 
     def __enter__(self) -> SQLiteExecutionStore:
         return self
@@ -235,13 +286,13 @@ class SQLiteExecutionStore:
             totals[symbol] = totals.get(symbol, Decimal(0)) + Decimal(qty)
         return totals
 
-    def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerTrade | None:
+    def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerEntry | None:
         with self._lock:
             row = self._conn.execute(
                 "SELECT document FROM ledger_trades WHERE path = ?",
                 (ledger_trade_path(tenant_id, trade_id),),
             ).fetchone()
-        return from_json(LEDGER_TRADES, row[0]) if row else None
+        return from_json(LEDGER_ENTRIES, row[0]) if row else None
 
     def _select_under(self, table: str, column: str, order: str, prefix: str | None) -> list[tuple[str, str]]:
         query = f"SELECT path, {column} FROM {table}"
@@ -252,10 +303,10 @@ class SQLiteExecutionStore:
         with self._lock:
             return self._conn.execute(f"{query} ORDER BY {order}, path", params).fetchall()
 
-    def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]:
+    def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerEntry]:
         prefix = tenant_collection_path(tenant_id, "ledger_trades") + "/" if tenant_id else None
         for _, document in self._select_under("ledger_trades", "document", "executed_at", prefix):
-            yield from_json(LEDGER_TRADES, document)
+            yield from_json(LEDGER_ENTRIES, document)
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
         prefix = tenant_collection_path(tenant_id, "decisions") + "/" if tenant_id else None
@@ -306,15 +357,14 @@ class SQLiteExecutionStore:
     @staticmethod
     def _move_position(
         conn: sqlite3.Connection,
-        result: ExecutionResult,
+        key: tuple[str, str, str],
         filled: Decimal,
         pending: Decimal,
         current: Exposure | None = None,
     ) -> None:
-        """Add signed ``filled`` to the position and signed ``pending`` to its in-flight quantity.
-        ``current`` saves the read when the caller has just read the exposure in this transaction."""
-        intent = result.intent
-        key = (result.tenant_id, intent.broker_account_id, intent.symbol)
+        """Add signed ``filled`` to the position (tenant, account, symbol) and signed ``pending``
+        to its in-flight quantity. ``current`` saves the read when the caller has just read the
+        exposure in this transaction."""
         if current is None:
             row = conn.execute(
                 "SELECT qty, pending_qty FROM positions WHERE tenant_id = ? AND broker_account_id = ? "
@@ -348,7 +398,9 @@ class SQLiteExecutionStore:
                 "ON CONFLICT (tenant_id, trading_day) DO UPDATE SET trades = trades + 1",
                 (result.tenant_id, trading_day),
             )
-            self._move_position(conn, result, Decimal(0), intent.side.sign * intent.qty, exposure)
+            self._move_position(
+                conn, _position_key(result), Decimal(0), intent.side.sign * intent.qty, exposure
+            )
             self._put_decision(conn, self._decision_row(result), create_only=True)
         return Claim(ClaimOutcome.CLAIMED, risk=decision)
 
@@ -360,7 +412,7 @@ class SQLiteExecutionStore:
             order.filled_qty if order.status is BrokerOrderStatus.PARTIALLY_FILLED else result.intent.qty
         )
         ledger_row = (trade.path, trade.tenant_id, trade.trade_id, trade.executed_at.isoformat(),
-                      to_json(LEDGER_TRADES, trade))  # fmt: skip
+                      to_json(LEDGER_ENTRIES, trade))  # fmt: skip
         decision_row = self._decision_row(result)
         with self._write() as conn:
             try:
@@ -372,9 +424,25 @@ class SQLiteExecutionStore:
             except sqlite3.IntegrityError as exc:
                 raise LedgerIntegrityError(f"ledger row {trade.path} already exists") from exc
             sign = trade.side.sign
-            self._move_position(conn, result, sign * trade.qty, -sign * released)
+            self._move_position(conn, _position_key(result), sign * trade.qty, -sign * released)
             self._put_decision(conn, decision_row)
         return result
+
+    def record_fee_adjustment(self, adjustment: LedgerFeeAdjustment) -> bool:
+        """The adjustment's ledger row and its change to the position, in one commit; False when
+        it had been recorded before (nothing changes)."""
+        row = (adjustment.path, adjustment.tenant_id, adjustment.trade_id, adjustment.executed_at.isoformat(),
+               to_json(LEDGER_ENTRIES, adjustment))  # fmt: skip
+        key = (adjustment.tenant_id, adjustment.broker_account_id, adjustment.symbol)
+        with self._write() as conn:
+            inserted = conn.execute(
+                "INSERT INTO ledger_trades (path, tenant_id, trade_id, executed_at, document) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
+                row,
+            ).rowcount
+            if inserted:
+                self._move_position(conn, key, adjustment.side.sign * adjustment.qty, Decimal(0))
+        return inserted == 1
 
     def settle_claim(self, result: ExecutionResult, trading_day: str) -> ExecutionResult:
         decision_row = self._decision_row(result)
@@ -386,7 +454,7 @@ class SQLiteExecutionStore:
                     (result.tenant_id, trading_day),
                 )
                 intent = result.intent
-                self._move_position(conn, result, Decimal(0), -intent.side.sign * intent.qty)
+                self._move_position(conn, _position_key(result), Decimal(0), -intent.side.sign * intent.qty)
             self._put_decision(conn, decision_row)
         return result
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.orders import BrokerOrder, OrderRequest
 from backend.core.reasons import ReasonCode
 from backend.execution.ports import Broker, BrokerRejectedError

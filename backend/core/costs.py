@@ -2,14 +2,16 @@
 
 The seed defines estimated slippage as the quoted spread as a fraction of the mid price: what a
 round trip pays when it buys at the ask and later sells at the bid. Applied to the order's notional
-at mid that is exactly ``qty x (ask - bid)``, computed here from the quote itself so the cost is
-exact to the last digit of the prices, in the instrument's quote currency.
+at mid that is exactly ``qty x (ask - bid) x multiplier``, computed here from the quote itself so
+the cost is exact to the last digit of the prices, in the instrument's quote currency.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+
+from backend.core.instruments import Instrument
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,5 +20,8 @@ class CostEstimate:
     estimated_cost: Decimal  # qty x spread = notional x estimated slippage
 
 
-def spread_cost(qty: Decimal, bid: Decimal, ask: Decimal) -> CostEstimate:
-    return CostEstimate(notional=qty * (bid + ask) / 2, estimated_cost=qty * (ask - bid))
+def spread_cost(instrument: Instrument, qty: Decimal, bid: Decimal, ask: Decimal) -> CostEstimate:
+    return CostEstimate(
+        notional=instrument.notional(qty, (bid + ask) / 2),
+        estimated_cost=instrument.notional(qty, ask - bid),
+    )

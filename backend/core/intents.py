@@ -12,12 +12,16 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from backend.core.assets import AssetClass, detect_asset_class
+from backend.core.instruments import AssetClass, Instrument, instrument_for
 
 
 class Side(StrEnum):
@@ -48,10 +52,12 @@ MAX_QTY_DIGITS = 15
 class OrderIntent(BaseModel):
     """A request to trade. The seed's five-field form still works; the rest is optional.
 
-    ``asset_class`` is detected from the symbol when omitted. ``estimated_slippage`` (a fraction,
-    0.0005 = 0.05 %), when given, is used by the router instead of fetching a quote.
-    ``idempotency_key``, when omitted, is derived from the intent's content: two identical
-    intents are one order. Pass a key (or a ``run_id`` in metadata) to trade the same thing again.
+    ``symbol`` is stored in the instrument's canonical spelling (``BTCUSD`` -> ``BTC/USD``);
+    ``asset_class`` is detected from the symbol when omitted and must agree with it when given.
+    ``estimated_slippage`` (a fraction, 0.0005 = 0.05 %), when given, is used by the router
+    instead of fetching a quote. ``idempotency_key``, when omitted, is derived from the intent's
+    content: two identical intents are one order. Pass a key (or a ``run_id`` in metadata) to
+    trade the same thing again.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
@@ -65,15 +71,29 @@ class OrderIntent(BaseModel):
     estimated_slippage: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: NonEmptyId | None = None
+    # The symbol as the caller spelled it: the content-derived key is computed from it, so that
+    # canonical spellings never change the client order id of an intent already in flight.
+    _symbol_as_given: str | None = PrivateAttr(default=None)
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _fill_asset_class(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("asset_class") is None:
-            symbol = data.get("symbol")
-            if isinstance(symbol, str) and symbol.strip():
-                data = {**data, "asset_class": detect_asset_class(symbol)}
-        return data
+    def _canonical_instrument(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Resolve the instrument before field validation: canonical symbol, agreeing class."""
+        given = data.get("symbol") if isinstance(data, dict) else None
+        declared = _declared_asset_class(data.get("asset_class")) if isinstance(data, dict) else None
+        if isinstance(given, str) and given.strip() and len(given) <= 64 and declared is not False:
+            try:
+                resolved = instrument_for(given, declared or None)
+            except ValueError as exc:
+                raise _field_error("symbol", given, str(exc)) from None
+            data = {**data, "symbol": resolved.symbol, "asset_class": resolved.asset_class}
+        intent = handler(data)
+        if isinstance(given, str) and isinstance(intent, OrderIntent):
+            problem = intent.instrument.qty_problem(intent.qty)
+            if problem is not None:
+                raise _field_error("qty", data.get("qty"), problem)
+            intent._symbol_as_given = given.strip().upper()
+        return intent
 
     @field_validator("qty")
     @classmethod
@@ -94,6 +114,10 @@ class OrderIntent(BaseModel):
         return AssetClass.parse(value) if isinstance(value, str) else value
 
     @property
+    def instrument(self) -> Instrument:
+        return instrument_for(self.symbol, self.asset_class)
+
+    @property
     def tenant_id(self) -> str | None:
         value = self.metadata.get("tenant_id")
         return str(value) if value else None
@@ -110,7 +134,7 @@ class OrderIntent(BaseModel):
         content = {
             "strategy_id": self.strategy_id,
             "broker_account_id": self.broker_account_id,
-            "symbol": self.symbol,
+            "symbol": self._symbol_as_given or self.symbol,
             "side": self.side.value,
             "qty": canonical_decimal(self.qty),
             "asset_class": self.asset_class.value,
@@ -118,3 +142,21 @@ class OrderIntent(BaseModel):
         }
         encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
         return "auto-" + hashlib.sha256(encoded.encode()).hexdigest()[:40]
+
+
+def _field_error(field: str, value: Any, message: str) -> ValidationError:
+    """A validation error attached to ``field`` (a model-level check otherwise reports no field)."""
+    error = PydanticCustomError("instrument_invalid", "{message}", {"message": message})
+    return ValidationError.from_exception_data(
+        "OrderIntent", [InitErrorDetails(type=error, loc=(field,), input=value)]
+    )
+
+
+def _declared_asset_class(value: Any) -> AssetClass | bool | None:
+    """The caller's asset class; None when absent; False when unreadable (its field reports it)."""
+    if value is None:
+        return None
+    try:
+        return AssetClass.parse(value)
+    except ValueError:
+        return False

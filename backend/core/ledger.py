@@ -1,7 +1,13 @@
-"""Ledger rows and decision records, built from an execution result by pure functions.
+"""Ledger entries and decision records, built from an execution result by pure functions.
 
 Money and quantities are ``Decimal`` in memory and canonical decimal *strings* in every stored
-document ("1121.72", never a float), so sums over the ledger are exact.
+document ("1121.72", never a float), so sums over the ledger are exact. A notional is
+``qty x price x multiplier`` (see ``Instrument``); ``qty`` is what the holding changes by, which is
+less than the filled quantity when the fee is taken in the asset received (a crypto buy).
+
+The ledger (``tenants/{tenant_id}/ledger_trades/{id}``) holds two kinds of entries, told apart by
+``entry_type``: fills (``LedgerTrade``) and fee adjustments (``LedgerFeeAdjustment``: the broker's
+fee activity booked against what the fills estimated).
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 
-from backend.core.assets import AssetClass, quote_currency
 from backend.core.costs import spread_cost
+from backend.core.fees import FeeEstimate
+from backend.core.instruments import AssetClass
 from backend.core.intents import Side
 from backend.core.orders import BrokerOrder, ExecutionResult, ExecutionStatus
 from backend.core.paths import decision_id_for, decision_path, ledger_trade_path, trade_id_for
@@ -20,12 +28,24 @@ from backend.core.reasons import ReasonCode
 from backend.core.risk import RiskDecision
 from backend.core.routing import RoutingDecision
 
-LEDGER_SCHEMA_VERSION = 1
+# 2: the instrument's multiplier, filled vs booked quantity, fees with the asset they are charged
+# in and their components, entry types. Version 1 documents are read through
+# ``backend.adapters.documents`` (upgraded on read, never rewritten).
+LEDGER_SCHEMA_VERSION = 2
+
+
+class LedgerEntryType(StrEnum):
+    FILL = "fill"
+    FEE_ADJUSTMENT = "fee_adjustment"
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerTrade:
-    """One executed trade: ``tenants/{tenant_id}/ledger_trades/{trade_id}``. Written once."""
+    """One executed trade: ``tenants/{tenant_id}/ledger_trades/{trade_id}``. Written once.
+
+    ``qty`` is booked (what the holding changes by), ``filled_qty`` what the broker filled;
+    ``notional`` is ``filled_qty x price x multiplier``. ``fees`` is the fees' value in the quote
+    currency; ``fee_currency``/``fee_amount`` are what is charged (BTC for a BTC/USD buy)."""
 
     schema_version: int
     path: str
@@ -48,11 +68,24 @@ class LedgerTrade:
     broker: BrokerOrder
     intent_metadata: dict[str, object]
     executed_at: datetime
+    multiplier: Decimal
+    filled_qty: Decimal
+    fee_currency: str
+    fee_amount: Decimal
+    fee_components: dict[str, Decimal]
+    entry_type: LedgerEntryType = LedgerEntryType.FILL
 
 
-def build_ledger_trade(result: ExecutionResult, fees: Decimal = Decimal(0)) -> LedgerTrade:
-    """``fees``: what the fill cost in fees (the fee model at the fill price, until a broker
-    reports actual fees)."""
+def booked_qty(filled_qty: Decimal, side: Side, fees: FeeEstimate, quote_currency: str) -> Decimal:
+    """What the holding changes by: a buy whose fee is taken in the asset received books less."""
+    if side is Side.BUY and fees.currency != quote_currency:
+        return filled_qty - fees.amount
+    return filled_qty
+
+
+def build_ledger_trade(result: ExecutionResult, fees: FeeEstimate | None = None) -> LedgerTrade:
+    """``fees``: what the fill cost in fees (the fee model at the fill price; a broker's fee
+    activity that differs later is booked as a ``LedgerFeeAdjustment``)."""
     order = result.broker_order
     if result.routing is None or result.risk is None or order is None:
         raise ValueError("a ledger trade needs routing, risk and a broker confirmation")
@@ -60,6 +93,11 @@ def build_ledger_trade(result: ExecutionResult, fees: Decimal = Decimal(0)) -> L
         raise ValueError(f"order {order.order_id} has no fill to record")
     trade_id = trade_id_for(result.tenant_id, result.idempotency_key)
     intent = result.intent
+    instrument = intent.instrument
+    fees = fees or FeeEstimate(Decimal(0), instrument.quote_currency, Decimal(0))
+    qty = booked_qty(order.filled_qty, intent.side, fees, instrument.quote_currency)
+    if qty <= 0:
+        raise ValueError(f"order {order.order_id}: the fee ({fees.amount} {fees.currency}) exceeds the fill")
     return LedgerTrade(
         schema_version=LEDGER_SCHEMA_VERSION,
         path=ledger_trade_path(result.tenant_id, trade_id),
@@ -71,18 +109,56 @@ def build_ledger_trade(result: ExecutionResult, fees: Decimal = Decimal(0)) -> L
         broker_account_id=intent.broker_account_id,
         symbol=intent.symbol,
         asset_class=intent.asset_class,
-        quote_currency=quote_currency(intent.symbol),
+        quote_currency=instrument.quote_currency,
         side=intent.side,
-        qty=order.filled_qty,
+        qty=qty,
         price=order.avg_fill_price,
-        notional=order.filled_qty * order.avg_fill_price,
-        fees=fees,
+        notional=instrument.notional(order.filled_qty, order.avg_fill_price),
+        fees=fees.total,
         routing=result.routing,
         risk=result.risk,
         broker=order,
         intent_metadata=dict(intent.metadata),
         executed_at=order.filled_at or order.submitted_at,
+        multiplier=instrument.multiplier,
+        filled_qty=order.filled_qty,
+        fee_currency=fees.currency,
+        fee_amount=fees.amount,
+        fee_components=dict(fees.components),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerFeeAdjustment:
+    """A fee the broker charged in an asset, booked against what the fills estimated:
+    ``tenants/{tenant_id}/ledger_trades/{trade_id}`` with ``entry_type: fee_adjustment``.
+
+    BUY adds ``qty`` units of the asset (the broker took less than estimated), SELL takes them (it
+    took more). ``adjusts`` names the fills it reconciles; their lots change quantity, never basis.
+    """
+
+    schema_version: int
+    entry_type: LedgerEntryType
+    path: str
+    trade_id: str
+    tenant_id: str
+    uid: str
+    broker_account_id: str
+    symbol: str
+    asset_class: AssetClass
+    quote_currency: str
+    side: Side
+    qty: Decimal
+    fee_currency: str
+    estimated_fee: Decimal  # what the fills booked, in ``fee_currency``
+    actual_fee: Decimal  # what the broker's activities say
+    adjusts: tuple[str, ...]
+    activity_ids: tuple[str, ...]
+    trading_day: str
+    executed_at: datetime
+
+
+LedgerEntry = LedgerTrade | LedgerFeeAdjustment
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +203,8 @@ def build_decision_record(result: ExecutionResult, decision_id: str) -> Decision
     routing = result.routing
     bid, ask = (routing.bid, routing.ask) if routing else (None, None)
     # An unusable (missing, crossed, non-positive) quote has no cost to speak of.
-    cost = (
-        spread_cost(intent.qty, bid, ask) if bid is not None and ask is not None and 0 < bid <= ask else None
-    )
+    usable = bid is not None and ask is not None and 0 < bid <= ask
+    cost = spread_cost(intent.instrument, intent.qty, bid, ask) if usable else None  # type: ignore[arg-type]
     return DecisionRecord(
         decision_id=decision_id,
         path=decision_path(result.tenant_id, decision_id),
@@ -139,7 +214,7 @@ def build_decision_record(result: ExecutionResult, decision_id: str) -> Decision
         strategy_id=intent.strategy_id,
         symbol=intent.symbol,
         asset_class=intent.asset_class,
-        quote_currency=quote_currency(intent.symbol),
+        quote_currency=intent.instrument.quote_currency,
         side=intent.side,
         qty=intent.qty,
         status=result.status,

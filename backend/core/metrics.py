@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.ledger import DecisionRecord
 from backend.core.orders import ExecutionStatus
 

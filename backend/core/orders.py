@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.intents import OrderIntent, Side
 from backend.core.reasons import ReasonCode
 from backend.core.risk import RiskDecision

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from backend.core.assets import AssetClass, detect_asset_class
+from backend.core.instruments import AssetClass, detect_asset_class
 from backend.core.reasons import ReasonCode
 
 _TWO = Decimal(2)

@@ -1,7 +1,10 @@
-"""Pre-trade risk: kill switch, position limit, daily trade count. Pure; the caller supplies exposure.
+"""Pre-trade risk: kill switch, position limits, daily trade count. Pure; the caller supplies
+exposure and the price to value it at.
 
 Every check runs and is kept for the audit trail; the first failing one names the refusal.
-A limit of 0 means "nothing allowed", never "unlimited".
+A limit of 0 means "nothing allowed", never "unlimited". The position is limited in the
+instrument's units (contracts for options) and, when configured, in value: ``|position| x price x
+multiplier`` in the instrument's quote currency.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.intents import OrderIntent, Side
 from backend.core.reasons import ReasonCode
 
@@ -24,9 +27,17 @@ class RiskLimits:
         default_factory=lambda: MappingProxyType({})
     )
     max_daily_trades: int = 50
+    # In the instrument's quote currency; None: no value limit.
+    max_position_notional: Decimal | None = None
+    max_position_notional_by_asset_class: Mapping[AssetClass, Decimal] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     def position_limit_for(self, asset_class: AssetClass) -> Decimal:
         return self.max_position_qty_by_asset_class.get(asset_class, self.max_position_qty)
+
+    def notional_limit_for(self, asset_class: AssetClass) -> Decimal | None:
+        return self.max_position_notional_by_asset_class.get(asset_class, self.max_position_notional)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +71,20 @@ class RiskDecision:
 _REFUSAL_CODES = {
     "kill_switch": ReasonCode.KILL_SWITCH,
     "max_position_qty": ReasonCode.POSITION_LIMIT,
+    "max_position_notional": ReasonCode.POSITION_LIMIT,
     "max_daily_trades": ReasonCode.DAILY_LIMIT,
 }
 
 
+def _positions(intent: OrderIntent, exposure: Exposure) -> tuple[Decimal, Decimal]:
+    """(current incl. in flight, resulting) position in the instrument's units."""
+    current = exposure.position_qty + exposure.pending_qty
+    return current, current + intent.qty if intent.side is Side.BUY else current - intent.qty
+
+
 def _position_check(intent: OrderIntent, exposure: Exposure, limits: RiskLimits) -> RiskCheck:
     limit = limits.position_limit_for(intent.asset_class)
-    current = exposure.position_qty + exposure.pending_qty
-    resulting = current + intent.qty if intent.side is Side.BUY else current - intent.qty
+    current, resulting = _positions(intent, exposure)
     # A trade that shrinks the position is always allowed: refusing it would trap the risk.
     reduces = abs(resulting) < abs(current)
     passed = reduces or abs(resulting) <= limit
@@ -76,21 +93,48 @@ def _position_check(intent: OrderIntent, exposure: Exposure, limits: RiskLimits)
     return RiskCheck("max_position_qty", passed, detail)
 
 
+def _notional_check(
+    intent: OrderIntent, exposure: Exposure, limit: Decimal, mark_price: Decimal | None
+) -> RiskCheck:
+    instrument = intent.instrument
+    current, resulting = _positions(intent, exposure)
+    if abs(resulting) < abs(current):
+        return RiskCheck("max_position_notional", True, "the trade reduces the position")
+    if mark_price is None:
+        return RiskCheck(
+            "max_position_notional", False, f"no price to value {intent.symbol} against the limit"
+        )
+    value = instrument.notional(abs(resulting), mark_price)
+    detail = f"position value {value} {instrument.quote_currency} (limit {limit})"
+    return RiskCheck("max_position_notional", value <= limit, detail)
+
+
 _KILL_SWITCH_ON = RiskCheck("kill_switch", False, "kill switch engaged")
 _KILL_SWITCH_OFF = RiskCheck("kill_switch", True, "kill switch off")
 
 
-def check_risk(intent: OrderIntent, exposure: Exposure, limits: RiskLimits) -> RiskDecision:
-    checks = (
+def check_risk(
+    intent: OrderIntent, exposure: Exposure, limits: RiskLimits, mark_price: Decimal | None = None
+) -> RiskDecision:
+    """``mark_price`` values the position for a value limit (the quote's mid); without one a
+    value limit refuses any trade that does not reduce the position."""
+    checks = [
         _KILL_SWITCH_ON if limits.kill_switch else _KILL_SWITCH_OFF,
         _position_check(intent, exposure, limits),
+    ]
+    notional_limit = limits.notional_limit_for(intent.asset_class)
+    if notional_limit is not None:
+        checks.append(_notional_check(intent, exposure, notional_limit, mark_price))
+    checks.append(
         RiskCheck(
             "max_daily_trades",
             exposure.trades_today < limits.max_daily_trades,
             f"{exposure.trades_today} trades today (limit {limits.max_daily_trades})",
-        ),
+        )
     )
     for check in checks:
         if not check.passed:
-            return RiskDecision(False, _REFUSAL_CODES[check.name], f"Risk refused: {check.detail}", checks)
-    return RiskDecision(True, ReasonCode.OK, "All risk checks passed", checks)
+            return RiskDecision(
+                False, _REFUSAL_CODES[check.name], f"Risk refused: {check.detail}", tuple(checks)
+            )
+    return RiskDecision(True, ReasonCode.OK, "All risk checks passed", tuple(checks))

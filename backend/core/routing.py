@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
 
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.intents import OrderIntent
 from backend.core.quotes import Quote, quote_problem, to_decimal
 from backend.core.reasons import COST_DOWNGRADE_CODES, ReasonCode

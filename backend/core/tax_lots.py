@@ -5,8 +5,15 @@ Rules, all tested:
 - **Methods.** A closing trade consumes open lots in the order of its method: FIFO (oldest first,
   the default), LIFO (newest first), HIFO (highest unit cost first for long lots; lowest unit
   proceeds first for short lots: both realize the smallest gain).
-- **Fees** are part of cost basis on a buy (cost = qty x price + fees) and reduce proceeds on a sell
-  (proceeds = qty x price - fees).
+- **Money** is ``qty x price x multiplier`` (an option contract is 100 shares); quantities are in
+  the instrument's units (contracts for options).
+- **Fees** paid in the quote currency are part of cost basis on a buy (cost = gross + fees) and
+  reduce proceeds on a sell (proceeds = gross - fees). A fee taken **in the asset received** (a
+  crypto buy) is not cash: the trade books fewer units than were filled (``qty`` < ``filled_qty``)
+  for the whole amount paid, so the fee sits in the lot's cost per unit.
+- **Quantity adjustments** (a broker's fee activity that differs from the estimate booked at the
+  fill) change the quantity of the lots they name, never their basis; what cannot be applied to
+  those lots (they are closed already) is booked as a trade at zero price.
 - **Exact money.** Amounts are ``Decimal``. A partial consumption takes a proportional share of a
   lot's basis rounded to ``ALLOCATION_QUANTUM``; the last piece of a lot (or of a trade) takes the
   exact remainder, so the pieces always add up to the whole to the last digit.
@@ -23,7 +30,7 @@ Rules, all tested:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from enum import StrEnum
@@ -45,9 +52,19 @@ class HoldingPeriod(StrEnum):
     MIXED = "mixed"
 
 
+class LotEventKind(StrEnum):
+    TRADE = "trade"
+    QTY_ADJUSTMENT = "qty_adjustment"  # units added (BUY) or taken (SELL) at no cost
+
+
 @dataclass(frozen=True, slots=True)
 class LotTrade:
-    """The facts of one executed trade that tax lots need."""
+    """The facts of one executed trade (or quantity adjustment) that tax lots need.
+
+    ``qty`` is what the holding changes by; ``filled_qty`` (default: ``qty``) is what was paid
+    for or sold, so a fee taken in the asset makes them differ. ``fees`` are the fees paid in the
+    quote currency. ``adjusts`` names the lots a quantity adjustment applies to.
+    """
 
     trade_id: str
     side: Side
@@ -55,10 +72,15 @@ class LotTrade:
     price: Decimal
     fees: Decimal
     executed_at: datetime
+    multiplier: Decimal = Decimal(1)
+    filled_qty: Decimal | None = None
+    kind: LotEventKind = LotEventKind.TRADE
+    adjusts: tuple[str, ...] = ()
 
     @property
     def gross(self) -> Decimal:
-        return self.qty * self.price
+        filled = self.qty if self.filled_qty is None else self.filled_qty
+        return filled * self.price * self.multiplier
 
     @property
     def net_amount(self) -> Decimal:
@@ -174,6 +196,82 @@ def canonical_order(trades: Iterable[LotTrade]) -> list[LotTrade]:
     return sorted(trades, key=lambda trade: (trade.executed_at, trade.trade_id))
 
 
+def _closing(lot: TaxLot, take: Decimal, lot_part: Decimal, trade_part: Decimal, at: datetime) -> LotClosing:
+    closing_long = lot.side is Side.BUY
+    basis, proceeds = (lot_part, trade_part) if closing_long else (trade_part, lot_part)
+    return LotClosing(
+        lot_id=lot.lot_id,
+        opened_at=lot.opened_at,
+        qty=take,
+        cost_basis=basis,
+        proceeds=proceeds,
+        realized_pnl=proceeds - basis,
+        holding_period=holding_period(lot.opened_at, at) if closing_long else HoldingPeriod.SHORT_TERM,
+        short_sale=not closing_long,
+    )
+
+
+def _apply_trade(open_lots: list[TaxLot], trade: LotTrade, method: LotMethod) -> TradeTaxOutcome:
+    """Close opposite lots in the method's order; what is left opens a lot of the trade's side."""
+    opposite = [lot for lot in open_lots if lot.side is not trade.side]
+    remaining_qty, remaining_amount = trade.qty, trade.net_amount
+    closings: list[LotClosing] = []
+    for lot in _consumption_order(opposite, method):
+        if remaining_qty == 0:
+            break
+        take = min(lot.qty, remaining_qty)
+        lot_part = _share(lot.amount, take, lot.qty)
+        trade_part = _share(remaining_amount, take, remaining_qty)
+        remaining_qty -= take
+        remaining_amount -= trade_part
+        closings.append(_closing(lot, take, lot_part, trade_part, trade.executed_at))
+        index = open_lots.index(lot)
+        if take == lot.qty:
+            open_lots.pop(index)
+        else:
+            open_lots[index] = replace(lot, qty=lot.qty - take, amount=lot.amount - lot_part)
+    if remaining_qty > 0:
+        open_lots.append(
+            TaxLot(
+                lot_id=trade.trade_id,
+                side=trade.side,
+                opened_at=trade.executed_at,
+                qty=remaining_qty,
+                amount=remaining_amount,
+                unit_amount=trade.net_amount / trade.qty,
+            )
+        )
+    return TradeTaxOutcome(
+        trade_id=trade.trade_id,
+        closings=tuple(closings),
+        opened_qty=remaining_qty,
+        opened_amount=remaining_amount if remaining_qty > 0 else Decimal(0),
+        short_sale=trade.side is Side.SELL and remaining_qty > 0,
+    )
+
+
+def _apply_qty_adjustment(open_lots: list[TaxLot], event: LotTrade, method: LotMethod) -> TradeTaxOutcome:
+    """Units added to (BUY) or taken from (SELL) the long lots ``event.adjusts`` names, newest
+    first, their basis unchanged. A lot is never emptied this way (its basis would vanish): what
+    the named lots cannot absorb is booked as a trade at zero price."""
+    remaining = event.qty
+    named = [i for i, lot in enumerate(open_lots) if lot.lot_id in event.adjusts and lot.side is Side.BUY]
+    for index in reversed(named):
+        if remaining == 0:
+            break
+        lot = open_lots[index]
+        if event.side is Side.BUY:
+            open_lots[index] = replace(lot, qty=lot.qty + remaining)
+            remaining = Decimal(0)
+        elif remaining < lot.qty:
+            open_lots[index] = replace(lot, qty=lot.qty - remaining)
+            remaining = Decimal(0)
+    if remaining > 0:
+        rest = replace(event, qty=remaining, filled_qty=remaining, price=Decimal(0), fees=Decimal(0))
+        return _apply_trade(open_lots, rest, method)
+    return TradeTaxOutcome(event.trade_id, (), Decimal(0), Decimal(0), short_sale=False)
+
+
 def compute_lots(
     trades: Iterable[LotTrade], method: LotMethod = LotMethod.FIFO, open_lots: Iterable[TaxLot] = ()
 ) -> LotBook:
@@ -182,68 +280,13 @@ def compute_lots(
     ``open_lots`` continues from an earlier book: applying later trades to it gives exactly what a
     replay of all trades gives, which lets in-order events skip the replay.
     """
-    open_lots = list(open_lots)
+    lots = list(open_lots)
     outcomes: dict[str, TradeTaxOutcome] = {}
     for trade in canonical_order(trades):
         if trade.qty <= 0:
             raise ValueError(f"trade {trade.trade_id}: qty must be > 0, got {trade.qty}")
-        opposite = [lot for lot in open_lots if lot.side is not trade.side]
-        remaining_qty, remaining_amount = trade.qty, trade.net_amount
-        closings: list[LotClosing] = []
-        for lot in _consumption_order(opposite, method):
-            if remaining_qty == 0:
-                break
-            take = min(lot.qty, remaining_qty)
-            lot_part = _share(lot.amount, take, lot.qty)
-            trade_part = _share(remaining_amount, take, remaining_qty)
-            remaining_qty -= take
-            remaining_amount -= trade_part
-            closing_long = lot.side is Side.BUY
-            basis, proceeds = (lot_part, trade_part) if closing_long else (trade_part, lot_part)
-            closings.append(
-                LotClosing(
-                    lot_id=lot.lot_id,
-                    opened_at=lot.opened_at,
-                    qty=take,
-                    cost_basis=basis,
-                    proceeds=proceeds,
-                    realized_pnl=proceeds - basis,
-                    holding_period=(
-                        holding_period(lot.opened_at, trade.executed_at)
-                        if closing_long
-                        else HoldingPeriod.SHORT_TERM
-                    ),
-                    short_sale=not closing_long,
-                )
-            )
-            index = open_lots.index(lot)
-            if take == lot.qty:
-                open_lots.pop(index)
-            else:
-                open_lots[index] = TaxLot(
-                    lot.lot_id,
-                    lot.side,
-                    lot.opened_at,
-                    lot.qty - take,
-                    lot.amount - lot_part,
-                    lot.unit_amount,
-                )
-        if remaining_qty > 0:
-            open_lots.append(
-                TaxLot(
-                    lot_id=trade.trade_id,
-                    side=trade.side,
-                    opened_at=trade.executed_at,
-                    qty=remaining_qty,
-                    amount=remaining_amount,
-                    unit_amount=trade.net_amount / trade.qty,
-                )
-            )
-        outcomes[trade.trade_id] = TradeTaxOutcome(
-            trade_id=trade.trade_id,
-            closings=tuple(closings),
-            opened_qty=remaining_qty,
-            opened_amount=remaining_amount if remaining_qty > 0 else Decimal(0),
-            short_sale=trade.side is Side.SELL and remaining_qty > 0,
-        )
-    return LotBook(method, tuple(open_lots), outcomes)
+        if trade.kind is LotEventKind.QTY_ADJUSTMENT:
+            outcomes[trade.trade_id] = _apply_qty_adjustment(lots, trade, method)
+        else:
+            outcomes[trade.trade_id] = _apply_trade(lots, trade, method)
+    return LotBook(method, tuple(lots), outcomes)

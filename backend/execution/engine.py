@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from backend.core.assets import AssetClass
-from backend.core.fees import ALPACA_FEES, FeeSchedule, estimate_fees
+from backend.core.fees import FeeSchedule, estimate_fees
+from backend.core.instruments import AssetClass
 from backend.core.intents import OrderIntent, Side
 from backend.core.ledger import LedgerTrade, build_ledger_trade
 from backend.core.orders import (
@@ -162,7 +162,7 @@ class ExecutionEngine:
         clock: Clock | None = None,
         settings: ExecSettings | None = None,
         portfolio: PortfolioStore | None = None,
-        fee_schedule: FeeSchedule = ALPACA_FEES,
+        fee_schedule: FeeSchedule | None = None,
     ) -> None:
         """``portfolio``: fan each ledger row out to the user's history right after it is written
         (local runs). Leave it None where a Firestore trigger does the fan-out. Without a ``store``
@@ -180,7 +180,7 @@ class ExecutionEngine:
             portfolio = portfolio or configured_portfolio
         self.store = store
         self.portfolio = portfolio
-        self.fee_schedule = fee_schedule
+        self.fee_schedule = fee_schedule or self.settings.fee_schedule_config()
         self.clock = clock or router.clock or SystemClock()
 
     def execute_intent(
@@ -208,8 +208,8 @@ class ExecutionEngine:
         draft = _Draft(intent, tenant_id, intent.uid or self.settings.uid, key, now, routing)
         if routing.mid_price is not None:
             draft.estimated_fees = estimate_fees(
-                intent.asset_class, intent.side, intent.qty, routing.mid_price, self.fee_schedule
-            )
+                intent.instrument, intent.side, intent.qty, routing.mid_price, self.fee_schedule
+            ).total
         if not routing.should_execute:
             status = ExecutionStatus.DOWNGRADED if routing.downgraded else ExecutionStatus.REJECTED
             return self._finish_without_order(draft.result(status, routing.reason_code, routing.reason))
@@ -219,7 +219,7 @@ class ExecutionEngine:
             exposure = self.store.get_exposure(
                 tenant_id, intent.broker_account_id, intent.symbol, trading_day
             )
-            draft.risk = self.risk.evaluate(intent, exposure)
+            draft.risk = self.risk.evaluate(intent, exposure, routing.mid_price)
             if not draft.risk.approved:
                 return self._finish_without_order(draft.risk_refusal())
             return self._finish_without_order(
@@ -301,7 +301,11 @@ class ExecutionEngine:
             _log_venue_refusal(draft, code, reason)
             return self._finish_without_order(draft.result(ExecutionStatus.REJECTED, code, reason))
         pending = draft.result(ExecutionStatus.PENDING, ReasonCode.IN_FLIGHT, IN_FLIGHT_REASON)
-        claim = self.store.claim(pending, trading_day, partial(self.risk.evaluate, draft.intent))
+        claim = self.store.claim(
+            pending,
+            trading_day,
+            partial(self.risk.evaluate, draft.intent, mark_price=draft.routing.mid_price),
+        )
         if claim.outcome is ClaimOutcome.DUPLICATE:
             return self._replay(claim.existing or pending)
         draft.risk = claim.risk
@@ -352,7 +356,7 @@ class ExecutionEngine:
             ledger_path=ledger_trade_path(draft.tenant_id, trade_id),
         )
         fees = estimate_fees(
-            placed.intent.asset_class, order.side, order.filled_qty, order.avg_fill_price or Decimal(0),
+            placed.intent.instrument, order.side, order.filled_qty, order.avg_fill_price or Decimal(0),
             self.fee_schedule,
         )  # fmt: skip
         trade = build_ledger_trade(placed, fees)

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from backend.adapters.documents import LEDGER_TRADES, from_document, without_server_fields
-from backend.core.ledger import LedgerTrade
+from backend.adapters.documents import LEDGER_ENTRIES, from_document, without_server_fields
+from backend.core.ledger import LedgerEntry
 from backend.core.portfolio import FanOutResult, history_entry
 from backend.core.tax_lots import LotMethod
 from backend.execution.ports import ExecutionStore, PortfolioStore
@@ -30,7 +30,7 @@ logger = logging.getLogger("msr.portfolio")
 
 
 def fan_out_ledger_trade(
-    trade: LedgerTrade, portfolio: PortfolioStore, method: LotMethod | None = None
+    trade: LedgerEntry, portfolio: PortfolioStore, method: LotMethod | None = None
 ) -> FanOutResult:
     started = time.perf_counter()
     result = portfolio.apply_history_entry(history_entry(trade), method)
@@ -57,7 +57,7 @@ def fan_out_ledger_document(
     """The trigger's entry point: a ledger document as Firestore delivers it (server-stamped
     fields included). A document that is not a ledger row raises ``ValueError`` with the reason."""
     try:
-        trade = from_document(LEDGER_TRADES, without_server_fields(dict(document)))
+        trade = from_document(LEDGER_ENTRIES, without_server_fields(dict(document)))
     except ValidationError as exc:
         raise ValueError(f"not a ledger trade document: {exc.error_count()} error(s): {exc}") from exc
     return fan_out_ledger_trade(trade, portfolio, method)

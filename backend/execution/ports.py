@@ -11,8 +11,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol
 
-from backend.core.assets import AssetClass, detect_asset_class
-from backend.core.ledger import DecisionRecord, LedgerTrade
+from backend.core.instruments import AssetClass, detect_asset_class
+from backend.core.ledger import DecisionRecord, LedgerEntry, LedgerFeeAdjustment, LedgerTrade
 from backend.core.orders import BrokerOrder, ExecutionResult, OrderRequest
 from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade
 from backend.core.quotes import Quote, require_utc
@@ -148,9 +148,16 @@ class ExecutionStore(Protocol):
         unknown and accepted-unfilled keep both until reconciliation."""
         ...
 
-    def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerTrade | None: ...
+    def record_fee_adjustment(self, adjustment: LedgerFeeAdjustment) -> bool:
+        """The adjustment's ledger entry and its change to the position, in one commit; False when
+        it had been recorded before."""
+        ...
 
-    def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerTrade]: ...
+    def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerEntry | None: ...
+
+    def iter_ledger_trades(self, tenant_id: str | None = None) -> Iterator[LedgerEntry]:
+        """Every ledger entry (fills and fee adjustments), of one tenant or of all, by time."""
+        ...
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]: ...
 

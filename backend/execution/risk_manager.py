@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from backend.core.intents import OrderIntent
 from backend.core.risk import Exposure, RiskDecision, RiskLimits, check_risk
 from backend.execution.settings import load_settings
@@ -11,5 +13,7 @@ class RiskManager:
     def __init__(self, limits: RiskLimits | None = None) -> None:
         self.limits = limits if limits is not None else load_settings().risk_limits()
 
-    def evaluate(self, intent: OrderIntent, exposure: Exposure) -> RiskDecision:
-        return check_risk(intent, exposure, self.limits)
+    def evaluate(
+        self, intent: OrderIntent, exposure: Exposure, mark_price: Decimal | None = None
+    ) -> RiskDecision:
+        return check_risk(intent, exposure, self.limits, mark_price)

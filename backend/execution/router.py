@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
 
-from backend.core.assets import AssetClass
+from backend.core.instruments import AssetClass
 from backend.core.intents import OrderIntent
 from backend.core.quotes import Quote
 from backend.core.routing import RoutingDecision, RoutingPolicy, decide_route, routing_bypassed

@@ -5,14 +5,16 @@ A bad value fails at start-up with the variable's name, never at the first trade
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from backend.core.assets import AssetClass
+from backend.core.fees import FeeSchedule
+from backend.core.instruments import AssetClass
 from backend.core.risk import RiskLimits
 from backend.core.routing import RoutingPolicy
 
@@ -41,6 +43,9 @@ class ExecSettings(BaseSettings):
     # JSON, e.g. EXEC_MAX_POSITION_QTY_BY_ASSET_CLASS='{"FOREX": 100000}'
     max_position_qty_by_asset_class: dict[AssetClass, NonNegativeDecimal] = Field(default_factory=dict)
     max_daily_trades: Annotated[int, Field(ge=0)] = 50
+    # The value of a position, in the instrument's quote currency (unset: no value limit).
+    max_position_notional: NonNegativeDecimal | None = None
+    max_position_notional_by_asset_class: dict[AssetClass, NonNegativeDecimal] = Field(default_factory=dict)
     max_spread_pct: NonNegativeDecimal = Decimal("0.001")
     # JSON, e.g. EXEC_MAX_SPREAD_PCT_BY_ASSET_CLASS='{"OPTIONS": 0.05}'
     max_spread_pct_by_asset_class: dict[AssetClass, NonNegativeDecimal] = Field(default_factory=dict)
@@ -56,6 +61,18 @@ class ExecSettings(BaseSettings):
     reconcile_after_seconds: Annotated[float, Field(ge=0)] = 60.0
     # auto: the embedded store fans out inline; on Firestore the ledger trigger does it.
     fanout: Literal["auto", "inline", "trigger"] = "auto"
+    # JSON overrides of the fee schedule's figures, e.g. '{"sec_fee_rate": "0", "as_of": "2025-05-14"}'.
+    # Kept as text and parsed with exact decimals (a JSON number never passes through a float).
+    fee_schedule: str = ""
+
+    @field_validator("fee_schedule")
+    @classmethod
+    def _valid_fee_schedule(cls, value: str) -> str:
+        _fee_schedule(value)
+        return value
+
+    def fee_schedule_config(self) -> FeeSchedule:
+        return _fee_schedule(self.fee_schedule)
 
     def venue_table(self) -> dict[AssetClass, str]:
         return {**DEFAULT_VENUES, **self.venues}
@@ -66,6 +83,8 @@ class ExecSettings(BaseSettings):
             max_position_qty=self.max_position_qty,
             max_position_qty_by_asset_class=dict(self.max_position_qty_by_asset_class),
             max_daily_trades=self.max_daily_trades,
+            max_position_notional=self.max_position_notional,
+            max_position_notional_by_asset_class=dict(self.max_position_notional_by_asset_class),
         )
 
     def routing_policy(self) -> RoutingPolicy:
@@ -74,6 +93,18 @@ class ExecSettings(BaseSettings):
             max_spread_pct_by_asset_class=dict(self.max_spread_pct_by_asset_class),
             max_quote_age=timedelta(seconds=self.max_quote_age_seconds),
         )
+
+
+def _fee_schedule(text: str) -> FeeSchedule:
+    if not text.strip():
+        return FeeSchedule()
+    try:
+        overrides = json.loads(text, parse_float=Decimal, parse_int=Decimal)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise ValueError("must be a JSON object of fee schedule fields")
+    return FeeSchedule.from_overrides(overrides)
 
 
 def load_settings() -> ExecSettings:

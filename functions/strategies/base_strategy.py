@@ -1,6 +1,6 @@
 """The strategy contract: signals, cost awareness and asset-class detection (the seed's public API).
 
-``AssetClass`` and the symbol rules live in ``backend.core.assets`` (one place for the concept);
+``AssetClass`` and the symbol rules live in ``backend.core.instruments`` (one place for the concept);
 they are re-exported here under the seed's names.
 """
 
@@ -14,8 +14,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from backend.core.assets import AssetClass
-from backend.core.assets import detect_asset_class as _detect_asset_class
+from backend.core.instruments import AssetClass
+from backend.core.instruments import detect_asset_class as _detect_asset_class
 from backend.core.quotes import market_data_spread_pct, to_decimal
 
 __all__ = ["AssetClass", "BaseStrategy", "SignalType", "TradingSignal"]

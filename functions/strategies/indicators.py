@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from backend.core.instruments import canonical_symbol
+
 
 class RollingZScore:
     """z-score of the newest value against a rolling window, O(1) per update.
@@ -63,7 +65,8 @@ class RollingReturn:
 
 
 def position_of(account_snapshot: Mapping[str, Any], symbol: str) -> Decimal:
-    """The signed position in ``symbol`` from an account snapshot ``{"positions": {symbol: qty}}``."""
+    """The signed position in ``symbol`` from an account snapshot ``{"positions": {symbol: qty}}``
+    (positions are keyed by canonical symbol: ``BTCUSD`` finds ``BTC/USD``)."""
     positions = account_snapshot.get("positions") or {}
-    value = positions.get(symbol, 0)
+    value = positions.get(canonical_symbol(symbol), positions.get(symbol, 0))
     return value if isinstance(value, Decimal) else Decimal(str(value))

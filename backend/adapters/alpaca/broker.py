@@ -30,7 +30,8 @@ from pydantic import ValidationError
 
 from backend.adapters.alpaca.http import NETWORK_ERRORS, harden, message_of, retry_after_s, with_read_retries
 from backend.adapters.alpaca.settings import AlpacaSettings
-from backend.core.assets import AssetClass, describe_symbol
+from backend.adapters.alpaca.symbols import instrument_from_alpaca, order_symbol
+from backend.core.instruments import AssetClass, instrument_for
 from backend.core.intents import Side
 from backend.core.orders import BrokerOrder, BrokerOrderStatus, OrderRequest, OrderType
 from backend.core.reasons import ReasonCode
@@ -56,14 +57,6 @@ _TIME_IN_FORCE = {
 _SUBMIT_ATTEMPTS_AFTER_429 = 3
 
 
-def alpaca_symbol(symbol: str, asset_class: AssetClass) -> str:
-    """Alpaca's spelling: crypto as BASE/QUOTE, OCC symbols without the root's padding."""
-    if asset_class is AssetClass.CRYPTO:
-        info = describe_symbol(symbol)
-        return f"{info.base}/{info.quote_currency}"
-    return symbol.replace(" ", "")
-
-
 def _rejection_code(status: int | None, message: str) -> ReasonCode:
     text = message.lower()
     if "insufficient" in text or "buying power" in text:
@@ -87,7 +80,7 @@ def to_broker_order(order: Order) -> BrokerOrder:
         order_id=str(order.id),
         client_order_id=order.client_order_id,
         status=status,
-        symbol=order.symbol or "",
+        symbol=instrument_from_alpaca(order.symbol, order.asset_class).symbol if order.symbol else "",
         side=Side.BUY if order.side == OrderSide.BUY else Side.SELL,
         qty=_decimal(order.qty) or Decimal(0),
         filled_qty=filled,
@@ -119,8 +112,9 @@ class AlpacaBroker(Broker):
     def check(self, request: OrderRequest) -> tuple[ReasonCode, str] | None:
         if request.asset_class is AssetClass.FOREX:
             return ReasonCode.NO_VENUE_FOR_ASSET_CLASS, "Alpaca does not trade FX"
-        if request.asset_class is AssetClass.OPTIONS and request.qty != request.qty.to_integral_value():
-            return ReasonCode.ORDER_INVALID, f"options trade in whole contracts, got qty {request.qty}"
+        problem = instrument_for(request.symbol, request.asset_class).qty_problem(request.qty)
+        if problem is not None:
+            return ReasonCode.ORDER_INVALID, problem
         if request.order_type is OrderType.LIMIT and (
             request.limit_price is None or request.limit_price <= 0
         ):
@@ -129,7 +123,9 @@ class AlpacaBroker(Broker):
 
     def _alpaca_request(self, request: OrderRequest) -> MarketOrderRequest | LimitOrderRequest:
         fields = {
-            "symbol": alpaca_symbol(request.symbol, request.asset_class),
+            "symbol": order_symbol(instrument_for(request.symbol, request.asset_class)),
+            # alpaca-py types qty as a float; an intent's qty has at most 15 significant digits
+            # (``MAX_QTY_DIGITS``), which a double carries exactly.
             "qty": float(request.qty),
             "side": OrderSide.BUY if request.side is Side.BUY else OrderSide.SELL,
             "time_in_force": _TIME_IN_FORCE[request.asset_class],

@@ -26,10 +26,10 @@ from alpaca.data.models.quotes import Quote as AlpacaQuote
 from alpaca.data.requests import CryptoLatestQuoteRequest, OptionLatestQuoteRequest, StockLatestQuoteRequest
 from pydantic import ValidationError
 
-from backend.adapters.alpaca.broker import alpaca_symbol
 from backend.adapters.alpaca.http import NETWORK_ERRORS, harden, with_read_retries
 from backend.adapters.alpaca.settings import AlpacaSettings
-from backend.core.assets import AssetClass, detect_asset_class
+from backend.adapters.alpaca.symbols import order_symbol
+from backend.core.instruments import AssetClass, instrument_for
 from backend.core.quotes import Quote
 from backend.execution.ports import MarketDataProvider
 from backend.observability.logging import log_event
@@ -79,7 +79,7 @@ class AlpacaMarketData(MarketDataProvider):
 
     def _fetch(self, asset_class: AssetClass, symbols: list[str]) -> dict[str, Quote | None]:
         """One request for every symbol of one asset class."""
-        venue_symbols = {alpaca_symbol(symbol, asset_class): symbol for symbol in symbols}
+        venue_symbols = {order_symbol(instrument_for(symbol, asset_class)): symbol for symbol in symbols}
         wanted = list(venue_symbols)
 
         def call() -> dict[str, AlpacaQuote]:
@@ -127,7 +127,7 @@ class AlpacaMarketData(MarketDataProvider):
                 if cached is not None and now - cached[0] <= self.settings.quote_ttl_s:
                     result[symbol] = cached[1]
                     continue
-                asset_class = classes.get(symbol) or detect_asset_class(symbol)
+                asset_class = classes.get(symbol) or instrument_for(symbol).asset_class
                 if asset_class is AssetClass.FOREX:
                     result[symbol] = None  # no FX data on Alpaca
                     continue
