@@ -78,13 +78,14 @@ def stack() -> Iterator[dict[str, str]]:
                  "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
                  "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099"}
             )  # fmt: skip
-            env = {"EXEC_DRY_RUN": "0", "APCA_API_KEY_ID": "local", "APCA_API_SECRET_KEY": "local",
-                   "APCA_API_BASE_URL": alpaca_url, "APCA_API_DATA_URL": alpaca_url}  # fmt: skip
+            env = {"EXEC_DRY_RUN": "0", "APCA_API_BASE_URL": alpaca_url, "APCA_API_DATA_URL": alpaca_url}
+            # Each function gets only the secrets its manifest declares, as in deployment.
+            secrets = {"APCA_API_KEY_ID": "local", "APCA_API_SECRET_KEY": "local"}
             urls = {}
             for name, kind in (("execute", "http"), ("schedule_strategy_runs", "http"),
                                ("run_strategy", "cloudevent"), ("fan_out_ledger_trade", "cloudevent"),
                                ("redrive_portfolio", "http")):  # fmt: skip
-                function = ServedFunction(name, env, kind)
+                function = ServedFunction.for_manifest(name, env, secrets, kind)
                 function.start()
                 served.append(function)
                 urls[name] = function.url

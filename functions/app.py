@@ -3,6 +3,10 @@
 Built once per function instance and on first use (not at import: a cold start pays only for what
 the invoked function needs). Everything comes from the environment: ``EXEC_*`` (see the README),
 the Alpaca keys (Secret Manager in deployment), the emulator variables in local runs.
+
+Two levels, because not every function holds the broker keys (``main.py`` declares them for
+``execute`` and ``run_strategy`` only): ``stores()`` for the ledger fan-out and its re-drive,
+``services()`` (broker, market data, engine, on the same stores) for the functions that trade.
 """
 
 from __future__ import annotations
@@ -12,11 +16,22 @@ import os
 import threading
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from backend.execution.settings import ExecSettings, load_settings
 
+if TYPE_CHECKING:
+    from backend.execution.ports import ExecutionStore, PortfolioStore
+
 STRATEGY_RUNS_TOPIC = "strategy-runs"
+
+
+@dataclass(frozen=True)
+class Stores:
+    settings: ExecSettings
+    ledger: ExecutionStore
+    portfolio: PortfolioStore  # where the fan-out writes (both adapters implement both ports)
+    inline_portfolio: PortfolioStore | None  # the engine's own fan-out; None when the trigger does it
 
 
 @dataclass
@@ -73,7 +88,27 @@ def _anonymous_credential() -> Any:
     return Anonymous()
 
 
+_stores: Stores | None = None
 _services: Services | None = None
+
+
+def stores() -> Stores:
+    """The stores of this instance, built once: all the fan-out and the re-drive need (no broker
+    or market-data client, so no broker keys)."""
+    global _stores
+    if _stores is None:
+        with _lock:
+            if _stores is None:
+                _stores = _build_stores()
+    return _stores
+
+
+def _build_stores() -> Stores:
+    from backend.adapters.stores import build_stores
+
+    settings = load_settings()
+    ledger, inline_portfolio = build_stores(settings)
+    return Stores(settings, ledger, cast("PortfolioStore", ledger), inline_portfolio)
 
 
 def services() -> Services:
@@ -83,21 +118,20 @@ def services() -> Services:
     if _services is None:
         with _lock:
             if _services is None:
-                _services = _build_services()
+                _services = _build_services(stores())
     return _services
 
 
-def _build_services() -> Services:
+def _build_services(built: Stores) -> Services:
     from backend.adapters.alpaca.broker import AlpacaBroker
     from backend.adapters.alpaca.market_data import AlpacaMarketData
     from backend.adapters.alpaca.settings import AlpacaSettings
     from backend.adapters.paper_broker import PaperBroker
-    from backend.adapters.stores import build_stores
     from backend.adapters.venues import build_venues
     from backend.execution.engine import ExecutionEngine, RiskManager, SmartRouter
     from backend.execution.ports import SystemClock
 
-    settings = load_settings()
+    settings, store = built.settings, built.ledger
     alpaca_settings = AlpacaSettings()
     clock = SystemClock()
     market_data = AlpacaMarketData(alpaca_settings)
@@ -106,7 +140,6 @@ def _build_services() -> Services:
     broker = build_venues(
         settings.venue_table(), lambda: AlpacaBroker(alpaca_settings), lambda: PaperBroker(market_data, clock)
     )
-    store, portfolio = build_stores(settings)
     engine = ExecutionEngine(
         broker=broker,
         router=SmartRouter(market_data=market_data, clock=clock, policy=settings.routing_policy()),
@@ -114,7 +147,7 @@ def _build_services() -> Services:
         store=store,
         clock=clock,
         settings=settings,
-        portfolio=portfolio,
+        portfolio=built.inline_portfolio,
     )
     from backend.adapters.sqlite_store import SQLiteExecutionStore
 

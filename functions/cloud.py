@@ -68,27 +68,37 @@ def run_message(message_id: str, data: bytes) -> Any:
 
 
 def ledger_created(document: dict[str, Any] | None, path: str) -> Any:
-    """The Firestore trigger on a new ledger row: fan it out to the user's portfolio history."""
+    """The Firestore trigger on a new ledger row: fan it out to the user's portfolio history.
+
+    Only a document that is not a ledger row is logged and acknowledged. Anything else (the store
+    unavailable, a configuration error) is logged and raised: the invocation fails visibly, and
+    since the SDK never retries Firestore triggers, the scheduled re-drive fans the row out later."""
     _logging()
-    from backend.execution.fanout import fan_out_ledger_document
-    from functions.app import services
+    from backend.execution.fanout import MalformedLedgerDocument, fan_out_ledger_document
+    from functions.app import stores
 
     if document is None:
         log_event(logger, "portfolio.empty_event", f"No document in the event for {path}", logging.ERROR)
         return None
     try:
-        return fan_out_ledger_document(document, services().store)
-    except ValueError as exc:
-        log_event(logger, "portfolio.bad_ledger_document", f"{path}: {exc}", logging.ERROR)
+        return fan_out_ledger_document(document, stores().portfolio)
+    except MalformedLedgerDocument as exc:
+        log_event(logger, "portfolio.bad_ledger_document", f"{path}: {exc}", logging.ERROR, path=path)
         return None
+    except Exception:
+        log_event(logger, "portfolio.fanout_failed", f"Fan-out of {path} failed; the re-drive will retry it",
+                  logging.ERROR, exc_info=True, path=path)  # fmt: skip
+        raise
 
 
 def redrive_portfolio(since_hours: float = 48) -> Any:
+    """Fan out the ledger rows of the last ``since_hours`` that have no history entry (the stores
+    only: this function holds no broker keys)."""
     _logging()
     from datetime import timedelta
 
     from backend.execution.fanout import redrive
-    from functions.app import services
+    from functions.app import stores
 
-    store = services().store
-    return redrive(store, store, since=datetime.now(UTC) - timedelta(hours=since_hours))
+    built = stores()
+    return redrive(built.ledger, built.portfolio, since=datetime.now(UTC) - timedelta(hours=since_hours))

@@ -3,27 +3,45 @@ strategy-run function (served by functions-framework) places orders through the 
 at the local Alpaca server, ledger rows land in the Firestore emulator, and the fan-out function
 receives each row as Eventarc delivers it (a protobuf DocumentEventData of the document read back)
 and writes the portfolio history. Then every message and event is delivered again: nothing changes.
+
+Each function is served with the secrets its manifest declares and no others, as deployed: the
+fan-out and the re-drive run without the broker keys.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import requests
 
+from backend.adapters.documents import LEDGER_TRADES, to_document
+from backend.adapters.firestore_store import FirestoreExecutionStore
+from backend.adapters.market_data import StaticMarketData
+from backend.adapters.paper_broker import PaperBroker
+from backend.core.intents import OrderIntent
+from backend.core.ledger import LedgerTrade
+from backend.core.orders import ExecutionStatus
+from backend.core.paths import portfolio_trade_path
+from backend.execution.engine import ExecutionEngine, RiskManager, SmartRouter
+from backend.execution.ports import ManualClock
+from backend.execution.settings import ExecSettings
 from devtools.alpaca_simulator import FakeAlpaca, running
 from devtools.emulators import PROJECT, FirestoreEmulator, PubSubEmulator, emulators_required, missing_reason
 from devtools.eventarc import firestore_created_event, pubsub_event
 from devtools.served_functions import ServedFunction
+from tests.conftest import EngineFactory
 
 TENANT, STRATEGY, UID = "acme_corp", "equity_builder", "u1"
 SCHEDULE_TIME = "2026-03-02T15:30:00Z"
+BROKER_SECRETS = {"APCA_API_KEY_ID": "test-key", "APCA_API_SECRET_KEY": "test-secret"}
 
 
 @pytest.fixture(scope="module")
@@ -50,41 +68,89 @@ def fake() -> FakeAlpaca:
 @pytest.fixture(scope="module")
 def stack(
     firestore_emulator: FirestoreEmulator, pubsub_emulator: PubSubEmulator, fake: FakeAlpaca
-) -> Iterator[dict[str, str]]:
+) -> Iterator[dict[str, ServedFunction]]:
     with running(fake) as alpaca_url:
-        env = {
+        env = {  # plain env, as .env gives it to every function
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "FIRESTORE_EMULATOR_HOST": firestore_emulator.host,
             "PUBSUB_EMULATOR_HOST": pubsub_emulator.host,
             "EXEC_DRY_RUN": "0",
-            "APCA_API_KEY_ID": "test-key",
-            "APCA_API_SECRET_KEY": "test-secret",
             "APCA_API_BASE_URL": alpaca_url,
             "APCA_API_DATA_URL": alpaca_url,
         }
         served = {
-            "schedule": ServedFunction("schedule_strategy_runs", env),
-            "run": ServedFunction("run_strategy", env, "cloudevent"),
-            "fan_out": ServedFunction("fan_out_ledger_trade", env, "cloudevent"),
+            "schedule": ServedFunction.for_manifest("schedule_strategy_runs", env, BROKER_SECRETS),
+            "run": ServedFunction.for_manifest("run_strategy", env, BROKER_SECRETS, "cloudevent"),
+            "fan_out": ServedFunction.for_manifest("fan_out_ledger_trade", env, BROKER_SECRETS, "cloudevent"),
         }
-        for function in served.values():
-            function.start()
         try:
-            yield {name: function.url for name, function in served.items()}
+            with pytest.MonkeyPatch.context() as environ:
+                # Keys in this process's own environment must not reach a function either.
+                for key in BROKER_SECRETS:
+                    environ.setenv(key, "from-the-test-process")
+                for function in served.values():
+                    function.start()
+            yield served
         finally:
             for function in served.values():
                 function.stop()
 
 
-def test_scheduled_run_to_portfolio_history_exactly_once(
-    stack: dict[str, str], firestore_client: Any, pubsub_emulator: PubSubEmulator, fake: FakeAlpaca
-) -> None:
-    import os
+def placed_ledger_row(client: Any, now: datetime) -> LedgerTrade:
+    """A ledger row written by the engine to the Firestore store (fan-out left to the trigger)."""
+    clock = ManualClock(now)
+    market = StaticMarketData(clock=clock)
+    market.set_quote("AAPL", "189.99", "190.01")
+    engine = ExecutionEngine(
+        broker=PaperBroker(market, clock), router=SmartRouter(market_data=market, clock=clock),
+        risk=RiskManager(), dry_run=False, store=FirestoreExecutionStore(client), clock=clock,
+        settings=ExecSettings(tenant_id=TENANT, uid=UID, fanout="trigger"),
+    )  # fmt: skip
+    intent = OrderIntent(
+        strategy_id="manual", broker_account_id="alpaca_main", symbol="AAPL", side="buy", qty=2,
+        idempotency_key=f"row-{uuid.uuid4().hex[:8]}",
+    )  # fmt: skip
+    result = engine.execute_intent(intent)
+    assert result.status is ExecutionStatus.PLACED
+    assert result.ledger_path is not None
+    trade = FirestoreExecutionStore(client).get_ledger_trade(TENANT, result.ledger_path.rsplit("/", 1)[1])
+    assert trade is not None
+    return trade
 
+
+def history_entry(client: Any, trade: LedgerTrade) -> Any:
+    return client.document(portfolio_trade_path(trade.uid, trade.trade_id)).get()
+
+
+def test_fan_out_served_without_broker_secrets_writes_the_history(
+    stack: dict[str, ServedFunction], firestore_client: Any
+) -> None:
+    fan_out = stack["fan_out"]
+    assert fan_out.process_env is not None
+    assert not BROKER_SECRETS.keys() & fan_out.process_env.keys()  # deployed without them
+    trade = placed_ledger_row(firestore_client, datetime.now(UTC))
+    assert not history_entry(firestore_client, trade).exists
+
+    headers, body = firestore_created_event(firestore_client, trade.path)
+    answer = requests.post(fan_out.url, headers=headers, data=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    entry = history_entry(firestore_client, trade)
+    assert entry.exists
+    assert (entry.get("ledger_path"), Decimal(entry.get("qty"))) == (trade.path, 2)
+    assert entry.get("tax")["lot_method"] == "FIFO"
+
+
+def test_scheduled_run_to_portfolio_history_exactly_once(
+    stack: dict[str, ServedFunction],
+    firestore_client: Any,
+    pubsub_emulator: PubSubEmulator,
+    fake: FakeAlpaca,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from google.api_core.exceptions import AlreadyExists
     from google.cloud import pubsub_v1
 
-    os.environ["PUBSUB_EMULATOR_HOST"] = pubsub_emulator.host
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     topic = publisher.topic_path(PROJECT, "strategy-runs")
     with contextlib.suppress(AlreadyExists):  # the emulator has no reset; the topic may exist
@@ -110,7 +176,7 @@ def test_scheduled_run_to_portfolio_history_exactly_once(
 
     def tick() -> None:
         answer = requests.post(
-            stack["schedule"], headers={"X-CloudScheduler-ScheduleTime": SCHEDULE_TIME}, timeout=60
+            stack["schedule"].url, headers={"X-CloudScheduler-ScheduleTime": SCHEDULE_TIME}, timeout=60
         )
         assert answer.status_code == 200, answer.text
 
@@ -128,7 +194,7 @@ def test_scheduled_run_to_portfolio_history_exactly_once(
     assert run == {"tenant_id": TENANT, "strategy_id": STRATEGY, "run_id": "20260302T1530Z"}
 
     headers, body = pubsub_event(messages[0], subscription)
-    assert requests.post(stack["run"], headers=headers, data=body, timeout=60).status_code == 200
+    assert requests.post(stack["run"].url, headers=headers, data=body, timeout=60).status_code == 200
     ledger = list(firestore_client.collection(f"tenants/{TENANT}/ledger_trades").stream())
     assert sorted(doc.get("symbol") for doc in ledger) == ["AAPL", "MSFT"]
     assert all(Decimal(doc.get("qty")) == 5 for doc in ledger)
@@ -137,7 +203,7 @@ def test_scheduled_run_to_portfolio_history_exactly_once(
 
     for doc in ledger:
         event_headers, event_body = firestore_created_event(firestore_client, doc.reference.path)
-        answer = requests.post(stack["fan_out"], headers=event_headers, data=event_body, timeout=60)
+        answer = requests.post(stack["fan_out"].url, headers=event_headers, data=event_body, timeout=60)
         assert answer.status_code == 200, answer.text
     history = list(firestore_client.collection(f"users/{UID}/portfolio/history/trades").stream())
     assert sorted(entry.id for entry in history) == sorted(doc.id for doc in ledger)
@@ -150,11 +216,13 @@ def test_scheduled_run_to_portfolio_history_exactly_once(
     assert json.loads(again[0].data)["run_id"] == run["run_id"]
     for message in (messages[0], again[0]):
         headers, body = pubsub_event(message, subscription)
-        assert requests.post(stack["run"], headers=headers, data=body, timeout=60).status_code == 200
+        assert requests.post(stack["run"].url, headers=headers, data=body, timeout=60).status_code == 200
     for doc in ledger:
         event_headers, event_body = firestore_created_event(firestore_client, doc.reference.path)
         assert (
-            requests.post(stack["fan_out"], headers=event_headers, data=event_body, timeout=60).status_code
+            requests.post(
+                stack["fan_out"].url, headers=event_headers, data=event_body, timeout=60
+            ).status_code
             == 200
         )
 
@@ -193,3 +261,95 @@ def test_malformed_runs_are_logged_and_acknowledged(
     assert len(malformed) == 1
     assert why in malformed[0]["message"]
     assert malformed[0]["severity"] == "ERROR"
+
+
+@pytest.fixture
+def cloud_logs(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """``functions.cloud`` in this process as in a fresh instance with no broker keys: nothing
+    built yet, the log lines captured."""
+    import functions.app as app
+    import functions.cloud as cloud
+    from backend.observability.logging import configure_logging
+
+    for key in BROKER_SECRETS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(app, "_stores", None)
+    monkeypatch.setattr(app, "_services", None)
+    monkeypatch.setattr(cloud, "_configured", True)
+    stream = io.StringIO()
+    configure_logging("INFO", stream)
+    return stream
+
+
+def logged(stream: io.StringIO, event: str) -> list[dict[str, Any]]:
+    return [line for line in map(json.loads, stream.getvalue().splitlines()) if line["event"] == event]
+
+
+def test_redrive_without_broker_secrets_writes_the_missing_history(
+    firestore_client: Any, cloud_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import functions.app as app
+    import functions.cloud as cloud
+
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+    monkeypatch.setenv("EXEC_STORE", "firestore")
+    trade = placed_ledger_row(firestore_client, datetime.now(UTC) - timedelta(hours=1))  # no history yet
+
+    report = cloud.redrive_portfolio()
+    assert (report.scanned, report.fanned_out) == (1, 1)
+    entry = history_entry(firestore_client, trade)
+    assert entry.exists
+    assert app._services is None  # the stores only: no broker, no market data
+    assert cloud.redrive_portfolio().fanned_out == 0
+
+
+@pytest.fixture
+def ledger_document(make_engine: EngineFactory, store: Any) -> dict[str, Any]:
+    """A real ledger row, as the trigger receives it (with its server-stamped field)."""
+    intent = OrderIntent(
+        strategy_id="s", broker_account_id="acct", symbol="AAPL", side="buy", qty=1, idempotency_key="d-1",
+        metadata={"tenant_id": TENANT, "uid": UID},
+    )  # fmt: skip
+    assert make_engine().execute_intent(intent).status is ExecutionStatus.PLACED
+    [trade] = store.iter_ledger_trades(TENANT)
+    return {**to_document(LEDGER_TRADES, trade), "written_at": datetime.now(UTC)}
+
+
+def test_ledger_trigger_acknowledges_a_malformed_document_and_raises_anything_else(
+    cloud_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch, tmp_path: Any, ledger_document: dict[str, Any]
+) -> None:
+    import functions.app as app
+    import functions.cloud as cloud
+
+    monkeypatch.setenv("EXEC_STORE", "sqlite")
+    monkeypatch.setenv("EXEC_SQLITE_PATH", str(tmp_path / "trigger.sqlite3"))
+    path = f"tenants/{TENANT}/ledger_trades/x"
+
+    assert cloud.ledger_created({"symbol": "AAPL"}, path) is None  # acknowledged: redelivery cannot help
+    [bad] = logged(cloud_logs, "portfolio.bad_ledger_document")
+    assert (bad["severity"], bad["path"]) == ("ERROR", path)
+
+    def unavailable(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("firestore unavailable")
+
+    monkeypatch.setattr(app.stores().portfolio, "apply_history_entry", unavailable)
+    with pytest.raises(RuntimeError, match="firestore unavailable"):
+        cloud.ledger_created(ledger_document, path)  # the invocation fails; the re-drive retries it
+    [failed] = logged(cloud_logs, "portfolio.fanout_failed")
+    assert (failed["severity"], failed["path"]) == ("ERROR", path)
+    assert "firestore unavailable" in failed["exception"]
+    assert len(logged(cloud_logs, "portfolio.bad_ledger_document")) == 1
+    assert app._services is None
+
+
+def test_a_configuration_error_is_not_taken_for_a_bad_ledger_document(
+    cloud_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch, ledger_document: dict[str, Any]
+) -> None:
+    import functions.cloud as cloud
+    from backend.execution.settings import ConfigurationError
+
+    monkeypatch.setenv("EXEC_STORE", "mongodb")
+    with pytest.raises(ConfigurationError, match="EXEC_STORE"):
+        cloud.ledger_created(ledger_document, f"tenants/{TENANT}/ledger_trades/x")
+    assert logged(cloud_logs, "portfolio.bad_ledger_document") == []
+    assert len(logged(cloud_logs, "portfolio.fanout_failed")) == 1

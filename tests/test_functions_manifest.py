@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from devtools.served_functions import ServedFunction, deploy_manifest, manifest_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
-
-BUILD_MANIFEST = """
-from firebase_functions.private.serving import functions_as_yaml, get_functions
-print(functions_as_yaml(get_functions()))
-"""
+BROKER_KEYS = frozenset({"APCA_API_KEY_ID", "APCA_API_SECRET_KEY"})
 
 
 @pytest.fixture(scope="module")
 def manifest() -> dict[str, Any]:
-    # A fresh interpreter in the source folder, as the CLI's discovery does (params are global).
-    output = subprocess.run(
-        [sys.executable, "-c", BUILD_MANIFEST],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return yaml.safe_load(output.stdout)  # type: ignore[no-any-return]
+    return deploy_manifest()
 
 
 def test_every_function_and_its_trigger(manifest: dict[str, Any]) -> None:
@@ -57,12 +44,60 @@ def test_every_function_and_its_trigger(manifest: dict[str, Any]) -> None:
 
 
 def test_broker_keys_are_secrets_of_the_functions_that_trade(manifest: dict[str, Any]) -> None:
-    keys = {"APCA_API_KEY_ID", "APCA_API_SECRET_KEY"}
     for name in ("execute", "run_strategy"):
-        assert {s["key"] for s in manifest["endpoints"][name]["secretEnvironmentVariables"]} == keys
+        assert {s["key"] for s in manifest["endpoints"][name]["secretEnvironmentVariables"]} == BROKER_KEYS
     for name in ("fan_out_ledger_trade", "schedule_strategy_runs", "redrive_portfolio"):
         assert manifest["endpoints"][name]["secretEnvironmentVariables"] == []
-    assert {p["name"]: p["type"] for p in manifest["params"]} == dict.fromkeys(keys, "secret")
+    assert {p["name"]: p["type"] for p in manifest["params"]} == dict.fromkeys(BROKER_KEYS, "secret")
+
+
+def test_a_served_function_gets_only_the_secrets_its_manifest_declares(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Set in the test process too: an inherited secret must not reach a function either.
+    for key in BROKER_KEYS:
+        monkeypatch.setenv(key, "from-the-test-process")
+    given = {key: f"given-{key}" for key in BROKER_KEYS}
+    assert set(manifest_secrets()) == {
+        "execute", "schedule_strategy_runs", "run_strategy", "fan_out_ledger_trade", "redrive_portfolio"
+    }  # fmt: skip
+    for name, declared in manifest_secrets().items():
+        environment = ServedFunction.for_manifest(name, {"EXEC_DRY_RUN": "0"}, given).environment()
+        assert BROKER_KEYS & environment.keys() == declared
+        assert all(environment[key] == given[key] for key in declared)
+        assert environment["EXEC_DRY_RUN"] == "0"
+    assert manifest_secrets()["fan_out_ledger_trade"] == manifest_secrets()["redrive_portfolio"] == set()
+
+
+def test_a_secret_is_never_plain_env_and_a_declared_one_must_be_given() -> None:
+    with pytest.raises(ValueError, match="pass them as secrets"):
+        ServedFunction.for_manifest("fan_out_ledger_trade", {"APCA_API_KEY_ID": "k"}, {})
+    with pytest.raises(ValueError, match="declares the secrets"):
+        ServedFunction.for_manifest("execute", {}, {"APCA_API_KEY_ID": "k"})
+
+
+NEVER_SHIPPED_OR_COMMITTED = (
+    ".secret.local",
+    ".env.local",
+    "node_modules/firebase-tools/package.json",
+    ".msr/ledger.sqlite3",
+    "ledger.sqlite3",
+    "ledger.sqlite3-wal",
+    "ledger.sqlite3-shm",
+    "paper_run_output/summary.json",
+    "firebase-debug.log",
+    "firestore-debug.log",
+    "pubsub-debug.log",
+    "ui-debug.log",
+)
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether a slash-free pattern matches a component of ``path``: how both the Firebase CLI
+    (minimatch with ``matchBase`` and ``dot``, tried on every folder it descends into) and git read
+    such patterns. A trailing slash (git: folders only) is dropped."""
+    names = [p.rstrip("/") for p in patterns if p and not p.startswith("#") and "/" not in p.rstrip("/")]
+    return any(fnmatch.fnmatchcase(part, name) for part in Path(path).parts for name in names)
 
 
 def test_firebase_json_deploys_this_folder_on_python_311() -> None:
@@ -72,7 +107,16 @@ def test_firebase_json_deploys_this_folder_on_python_311() -> None:
     assert (ROOT / functions["source"] / "main.py").exists()
     assert (ROOT / functions["source"] / "requirements.txt").exists()
     assert "firebase-functions==" in (ROOT / "requirements.txt").read_text()
-    for needed in ("backend", "functions"):
-        assert needed not in functions["ignore"]
+    for needed in ("main.py", "requirements.txt", ".env", "backend/core/routing.py", "functions/app.py"):
+        assert not _ignored(needed, functions["ignore"]), needed
+    for never in NEVER_SHIPPED_OR_COMMITTED:
+        assert _ignored(never, functions["ignore"]), f"firebase deploy would upload {never}"
     assert config["firestore"] == {"rules": "firestore.rules", "indexes": "firestore.indexes.json"}
     assert not (ROOT / "functions.yaml").exists(), "a functions.yaml would override discovery"
+
+
+def test_gitignore_keeps_secrets_stores_and_logs_out_of_the_repository() -> None:
+    patterns = (ROOT / ".gitignore").read_text().splitlines()
+    for never in NEVER_SHIPPED_OR_COMMITTED:
+        assert _ignored(never, patterns), f"git would offer to commit {never}"
+    assert not _ignored("main.py", patterns)

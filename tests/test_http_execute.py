@@ -1,11 +1,13 @@
-"""The ``execute`` HTTPS function, served by functions-framework on 127.0.0.1 from main.py, with
-the real alpaca-py SDK talking to the local Alpaca server and the embedded store on disk."""
+"""The ``execute`` HTTPS function, served by functions-framework on 127.0.0.1 from main.py with the
+secrets and environment its manifest declares, the real alpaca-py SDK talking to the local Alpaca
+server, and the embedded store on disk (the replay also on the Firestore emulator)."""
 
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,28 +42,54 @@ def ledger_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def execute_url(fake: FakeAlpaca, ledger_path: Path) -> Iterator[str]:
-    with running(fake) as alpaca_url:
-        served = ServedFunction(
-            "execute",
-            {
-                "GOOGLE_CLOUD_PROJECT": PROJECT,
-                "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099",
-                "EXEC_STORE": "sqlite",
-                "EXEC_SQLITE_PATH": str(ledger_path),
-                "EXEC_DRY_RUN": "0",
-                "APCA_API_KEY_ID": "test-key",
-                "APCA_API_SECRET_KEY": "test-secret",
-                "APCA_API_BASE_URL": alpaca_url,
-                "APCA_API_DATA_URL": alpaca_url,
-                "EXEC_ALPACA_TIMEOUT_S": "2",
-            },
-        )
-        served.start()
-        try:
-            yield served.url
-        finally:
-            served.stop()
+def alpaca_url(fake: FakeAlpaca) -> Iterator[str]:
+    with running(fake) as url:
+        yield url
+
+
+@contextmanager
+def served_execute(alpaca_url: str, store_env: dict[str, str]) -> Iterator[str]:
+    """``execute`` as deployed: its two broker secrets, everything else plain env."""
+    served = ServedFunction.for_manifest(
+        "execute",
+        {
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099",
+            **store_env,
+            "EXEC_DRY_RUN": "0",
+            "APCA_API_BASE_URL": alpaca_url,
+            "APCA_API_DATA_URL": alpaca_url,
+            "EXEC_ALPACA_TIMEOUT_S": "2",
+        },
+        secrets={"APCA_API_KEY_ID": "test-key", "APCA_API_SECRET_KEY": "test-secret"},
+    )
+    served.start()
+    try:
+        yield served.url
+    finally:
+        served.stop()
+
+
+@pytest.fixture(scope="module")
+def execute_url(alpaca_url: str, ledger_path: Path) -> Iterator[str]:
+    with served_execute(alpaca_url, {"EXEC_STORE": "sqlite", "EXEC_SQLITE_PATH": str(ledger_path)}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["sqlite", "firestore"])
+def execute_url_on_each_store(
+    request: pytest.FixtureRequest, alpaca_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        store_env = {
+            "EXEC_STORE": "sqlite",
+            "EXEC_SQLITE_PATH": str(tmp_path_factory.mktemp("replay") / "ledger.sqlite3"),
+        }
+    else:
+        emulator = request.getfixturevalue("firestore_emulator")
+        store_env = {"EXEC_STORE": "firestore", "FIRESTORE_EMULATOR_HOST": emulator.host}
+    with served_execute(alpaca_url, store_env) as url:
+        yield url
 
 
 def post(url: str, body: Any = None, token_claims: dict[str, Any] | None = TRADER, **kwargs: Any) -> Any:
@@ -170,9 +198,6 @@ class TestExecution:
         assert result["uid"] == "u1"
         assert result["broker_order"]["order_id"] in fake.orders
         assert result["ledger_path"].startswith("tenants/acme_corp/ledger_trades/")
-        again = post(execute_url, INTENT, headers={"Idempotency-Key": "http-1"})
-        assert again.json()["replayed"] is True
-        assert again.json()["broker_order"]["order_id"] == result["broker_order"]["order_id"]
         with closing(sqlite3.connect(ledger_path)) as conn:
             rows = conn.execute("SELECT path FROM ledger_trades WHERE tenant_id = 'acme_corp'").fetchall()
         assert [row[0] for row in rows] == [result["ledger_path"]]
@@ -193,3 +218,20 @@ class TestExecution:
         assert (
             theirs.json()["broker_order"]["client_order_id"] != mine.json()["broker_order"]["client_order_id"]
         )
+
+    def test_the_same_intent_twice_is_answered_from_the_store_on_each_store(
+        self, execute_url_on_each_store: str, fake: FakeAlpaca
+    ) -> None:
+        key = f"replay-{uuid.uuid4().hex[:8]}"
+        posts = fake.requests_to("POST", "/v2/orders")
+        first = post(execute_url_on_each_store, INTENT, headers={"Idempotency-Key": key})
+        assert first.status_code == 200, first.text
+        assert (first.json()["status"], first.json()["replayed"]) == ("placed", False)
+        again = post(execute_url_on_each_store, INTENT, headers={"Idempotency-Key": key})
+        assert again.status_code == 200, again.text
+        assert again.json()["replayed"] is True
+        assert (
+            again.json()["broker_order"]["client_order_id"] == first.json()["broker_order"]["client_order_id"]
+        )
+        assert again.json()["decided_at"] == first.json()["decided_at"]
+        assert fake.requests_to("POST", "/v2/orders") == posts + 1

@@ -1,7 +1,9 @@
 """One document shape for every store: what a row looks like in SQLite is what a Firestore
 document holds. Money and quantities are exact decimal strings in plain notation ("0.00000001",
 "1000.00": never a float, never "1E-8"); enums are their values; timestamps stay datetimes
-(Firestore timestamps; RFC 3339 text in SQLite).
+(Firestore timestamps; RFC 3339 text in SQLite). Firestore hands timestamps back as its own
+``datetime`` subclass; a document read is given plain datetimes, so a model reads the same from
+either store.
 
 Stored documents are never rewritten when their shape changes: each codec reads every earlier
 ``schema_version`` through an upgrade function (see ``_ledger_v1`` and friends)."""
@@ -9,6 +11,7 @@ Stored documents are never rewritten when their shape changes: each codec reads 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
@@ -157,20 +160,43 @@ def to_document(codec: DocumentCodec[T], value: T) -> dict[str, Any]:
     return _plain(codec.dump_python(value))  # type: ignore[no-any-return]
 
 
+def plain_datetime(value: datetime) -> datetime:
+    """``value`` as a ``datetime`` itself (Firestore's ``DatetimeWithNanoseconds`` keeps the
+    microseconds; pydantic passes a subclass through unchanged and orjson refuses one)."""
+    if type(value) is datetime:
+        return value
+    return datetime(
+        value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond,
+        value.tzinfo, fold=value.fold,
+    )  # fmt: skip
+
+
+def _read(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _read(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_read(item) for item in value]
+    if isinstance(value, datetime):
+        return plain_datetime(value)
+    return value
+
+
 def from_document(codec: DocumentCodec[T], document: dict[str, Any]) -> T:
-    return codec.validate_python(document)
+    return codec.validate_python(_read(document))
 
 
-def _decimal_text(value: Any) -> str:
+def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return format(value, "f")
+    if isinstance(value, datetime):  # a subclass (orjson writes a datetime itself, as RFC 3339)
+        return plain_datetime(value)
     raise TypeError(f"cannot store {type(value).__name__}")
 
 
 def to_json(codec: DocumentCodec[T], value: T) -> str:
     """The same document as ``to_document``, as JSON text (orjson walks it in C; only the
-    Decimals call back into Python)."""
-    return orjson.dumps(codec.dump_python(value), default=_decimal_text).decode()
+    Decimals and datetime subclasses call back into Python)."""
+    return orjson.dumps(codec.dump_python(value), default=_json_default).decode()
 
 
 def from_json(codec: DocumentCodec[T], text: str | bytes) -> T:

@@ -51,15 +51,22 @@ def fan_out_ledger_trade(
     return result
 
 
+class MalformedLedgerDocument(ValueError):
+    """A document that is not a ledger row: delivering it again cannot help. Its own type, so that
+    a caller acknowledging it never acknowledges another ``ValueError`` (a configuration error)."""
+
+
 def fan_out_ledger_document(
     document: Mapping[str, Any], portfolio: PortfolioStore, method: LotMethod | None = None
 ) -> FanOutResult:
     """The trigger's entry point: a ledger document as Firestore delivers it (server-stamped
-    fields included). A document that is not a ledger row raises ``ValueError`` with the reason."""
+    fields included). A document that is not a ledger row raises ``MalformedLedgerDocument``."""
     try:
         trade = from_document(LEDGER_ENTRIES, without_server_fields(dict(document)))
     except ValidationError as exc:
-        raise ValueError(f"not a ledger trade document: {exc.error_count()} error(s): {exc}") from exc
+        raise MalformedLedgerDocument(
+            f"not a ledger trade document: {exc.error_count()} error(s): {exc}"
+        ) from exc
     return fan_out_ledger_trade(trade, portfolio, method)
 
 
