@@ -265,19 +265,29 @@ class TestSmartRouter:
         assert not decision.downgraded
         assert decision.reason_code is code
 
-    def test_missing_quote_and_missing_provider(self, market: StaticMarketData, clock: ManualClock) -> None:
+    def test_missing_quote_and_missing_provider(
+        self, market: StaticMarketData, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         assert SmartRouter(market_data=market, clock=clock).analyze_intent(intent("NFLX")).reason_code is (
             ReasonCode.QUOTE_MISSING
         )
-        assert SmartRouter().analyze_intent(intent("NFLX")).reason_code is ReasonCode.QUOTE_MISSING
+        for name in ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY", "EXEC_MARKET_DATA", "EXEC_STATIC_QUOTES"):
+            monkeypatch.delenv(name, raising=False)
+        unconfigured = SmartRouter().analyze_intent(intent("NFLX"))
+        assert unconfigured.reason_code is ReasonCode.QUOTE_MISSING
+        assert "no market data is configured" in unconfigured.reason
 
     def test_negative_threshold_is_refused(self) -> None:
         with pytest.raises(ValueError, match="max_spread_pct must be >= 0"):
             SmartRouter(max_spread_pct=-0.001)
 
-    def test_market_data_provider_is_the_port(self) -> None:
+    def test_market_data_provider_is_the_port(self, market: StaticMarketData) -> None:
+        class NoQuotes(MarketDataProvider):
+            pass
+
         with pytest.raises(TypeError):
-            MarketDataProvider()  # type: ignore[abstract]
+            NoQuotes()  # type: ignore[abstract]
+        assert isinstance(market, MarketDataProvider)
 
 
 class TestRiskManager:

@@ -1,4 +1,5 @@
-"""Market data adapters for local runs and tests: a replay of recorded quote tapes, and static quotes."""
+"""Market data adapters for local runs and tests: a replay of recorded quote tapes, static quotes, and
+fixed prices that are always current."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import heapq
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 
 from backend.core.instruments import AssetClass, instrument_for
@@ -48,6 +50,18 @@ def load_quote_tape(path: str | Path) -> list[Quote]:
 
 def default_tapes() -> list[Path]:
     return sorted(DEFAULT_TAPE_DIR.glob("*.csv"))
+
+
+def latest_recorded_quotes(tapes: Iterable[str | Path]) -> dict[str, Quote]:
+    """Each symbol's most recent quote on the tapes, with its recorded timestamp (never re-stamped:
+    the router judges its age)."""
+    latest: dict[str, Quote] = {}
+    for tape in tapes:
+        for quote in load_quote_tape(tape):
+            current = latest.get(quote.symbol)
+            if current is None or quote.timestamp >= current.timestamp:
+                latest[quote.symbol] = quote
+    return latest
 
 
 class TapeMarketData(MarketDataProvider):
@@ -131,3 +145,32 @@ class StaticMarketData(MarketDataProvider):
         with self._lock:
             self.requests += 1
             return self._quotes.get(key)
+
+
+class FixedPriceMarketData(MarketDataProvider):
+    """Fixed bid and ask per symbol, stamped with the clock's now at every answer: a quote that is
+    always live (the Alpaca simulator's quotes do the same). For local runs and demos, configured
+    by ``EXEC_STATIC_QUOTES``."""
+
+    def __init__(self, prices: Mapping[str, tuple[Decimal, Decimal]], clock: Clock) -> None:
+        self._books: dict[str, tuple[AssetClass, Decimal, Decimal]] = {}
+        for symbol, (bid, ask) in prices.items():
+            instrument = instrument_for(symbol)
+            self._books[instrument.symbol] = (
+                instrument.asset_class,
+                to_decimal(bid, f"{instrument.symbol} bid"),
+                to_decimal(ask, f"{instrument.symbol} ask"),
+            )
+        self._clock = clock
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted(self._books)
+
+    def get_quote(self, symbol: str, asset_class: AssetClass | str | None = None) -> Quote | None:
+        canonical = instrument_for(symbol, asset_class).symbol
+        book = self._books.get(canonical)
+        if book is None:
+            return None
+        detected, bid, ask = book
+        return Quote(canonical, detected, bid, ask, require_utc(self._clock.now()))

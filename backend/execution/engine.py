@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from backend.adapters.alpaca import AlpacaBroker  # the SDK loads when a broker is constructed
 from backend.core.fees import FeeSchedule, estimate_fees
 from backend.core.instruments import AssetClass
 from backend.core.intents import OrderIntent, Side
@@ -57,6 +58,7 @@ from backend.execution.settings import ExecSettings, load_settings
 from backend.observability.logging import log_event
 
 __all__ = [
+    "AlpacaBroker",
     "AssetClass",
     "Broker",
     "BrokerOrder",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
+from abc import ABC, ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from backend.core.instruments import AssetClass, detect_asset_class
 from backend.core.ledger import DecisionRecord, LedgerEntry, LedgerFeeAdjustment, LedgerTrade
@@ -49,8 +49,25 @@ class ManualClock:
             self._now += delta
 
 
-class MarketDataProvider(ABC):
-    """Top-of-book quotes. ``None`` means no quote: the router refuses to trade on it."""
+class _ConfiguredWhenCalledBare(ABCMeta):
+    """Calling the port itself, as the seed does (``MarketDataProvider()``), gives the provider the
+    environment configures; adapters subclass and construct as usual."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is MarketDataProvider:
+            from backend.adapters.market_data_selection import configured_market_data
+
+            return configured_market_data(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class MarketDataProvider(metaclass=_ConfiguredWhenCalledBare):
+    """Top-of-book quotes. ``None`` means no quote: the router refuses to trade on it.
+
+    An abstract port: ``MarketDataProvider()`` returns the configured adapter
+    (``EXEC_MARKET_DATA``, see ``configured_market_data``) or raises ``ConfigurationError`` saying
+    what to set.
+    """
 
     @abstractmethod
     def get_quote(self, symbol: str, asset_class: AssetClass | str | None = None) -> Quote | None:

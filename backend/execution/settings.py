@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backend.core.fees import FeeSchedule
 from backend.core.instruments import AssetClass
@@ -19,6 +19,7 @@ from backend.core.risk import RiskLimits
 from backend.core.routing import RoutingPolicy
 
 NonNegativeDecimal = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
+FiniteDecimal = Annotated[Decimal, Field(allow_inf_nan=False)]
 
 
 # Alpaca trades US equities, options and spot crypto; it does not trade FX.
@@ -73,6 +74,28 @@ class ExecSettings(BaseSettings):
 
     def fee_schedule_config(self) -> FeeSchedule:
         return _fee_schedule(self.fee_schedule)
+
+    # Where quotes come from when none is passed in (``MarketDataProvider()``, a ``SmartRouter``
+    # without ``market_data``). auto: Alpaca when its keys are set, else EXEC_STATIC_QUOTES when set.
+    market_data: Literal["auto", "alpaca", "static", "tapes"] = "auto"
+    # JSON bid and ask per symbol, e.g. EXEC_STATIC_QUOTES='{"EUR/USD": ["1.08500", "1.08510"]}'.
+    static_quotes: Annotated[dict[str, tuple[FiniteDecimal, FiniteDecimal]] | None, NoDecode] = None
+    # A directory of recorded tapes for EXEC_MARKET_DATA=tapes (default: data/quotes).
+    quote_tapes: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("static_quotes", mode="before")
+    @classmethod
+    def _exact_static_quotes(cls, value: Any) -> Any:
+        """JSON numbers become Decimals as written: a price never passes through a float."""
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            try:
+                return json.loads(value, parse_float=Decimal)
+            except json.JSONDecodeError as exc:
+                example = '{"EUR/USD": ["1.08500", "1.08510"]}'
+                raise ValueError(f"not JSON ({exc}); expected bid and ask per symbol: {example}") from None
+        return value
 
     def venue_table(self) -> dict[AssetClass, str]:
         return {**DEFAULT_VENUES, **self.venues}

@@ -28,6 +28,7 @@ from alpaca.trading.models import Order
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
 from pydantic import ValidationError
 
+from backend.adapters import alpaca as alpaca_package
 from backend.adapters.alpaca.http import NETWORK_ERRORS, harden, message_of, retry_after_s, with_read_retries
 from backend.adapters.alpaca.settings import AlpacaSettings
 from backend.adapters.alpaca.symbols import instrument_from_alpaca, order_symbol
@@ -35,7 +36,7 @@ from backend.core.instruments import AssetClass, instrument_for
 from backend.core.intents import Side
 from backend.core.orders import BrokerOrder, BrokerOrderStatus, OrderRequest, OrderType
 from backend.core.reasons import ReasonCode
-from backend.execution.ports import Broker, BrokerOutcomeUnknownError, BrokerRejectedError
+from backend.execution.ports import BrokerOutcomeUnknownError, BrokerRejectedError
 from backend.observability.logging import log_event
 
 logger = logging.getLogger("msr.alpaca")
@@ -91,8 +92,8 @@ def to_broker_order(order: Order) -> BrokerOrder:
     )
 
 
-class AlpacaBroker(Broker):
-    name = "alpaca"
+class AlpacaBroker(alpaca_package.AlpacaBroker):
+    """The adapter behind the package's ``AlpacaBroker`` name (which constructs this class)."""
 
     def __init__(
         self,
@@ -102,7 +103,9 @@ class AlpacaBroker(Broker):
     ) -> None:
         self.settings = settings or AlpacaSettings()
         self._client = client or TradingClient(
-            **self.settings.credentials(), paper=self.settings.paper, url_override=self.settings.trading_url
+            **self.settings.required_credentials(),
+            paper=self.settings.paper,
+            url_override=self.settings.trading_url,
         )
         harden(self._client, self.settings.timeout_s)
         self._sleep = sleep

@@ -61,7 +61,7 @@ class AlpacaMarketData(MarketDataProvider):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings or AlpacaSettings()
-        credentials = self.settings.credentials()
+        credentials = self.settings.required_credentials()
         url = self.settings.data_url
         self._stocks = harden(
             StockHistoricalDataClient(**credentials, url_override=url), self.settings.timeout_s

@@ -9,6 +9,13 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from backend.execution.settings import ConfigurationError
+
+MISSING_KEYS = (
+    "Alpaca keys are not configured: set APCA_API_KEY_ID and APCA_API_SECRET_KEY "
+    "(or EXEC_ALPACA_KEY_ID and EXEC_ALPACA_SECRET_KEY)"
+)
+
 
 class AlpacaSettings(BaseSettings):
     """Every setting but the keys and URLs reads ``EXEC_ALPACA_<NAME>`` (``EXEC_ALPACA_TIMEOUT_S``...)."""
@@ -43,8 +50,19 @@ class AlpacaSettings(BaseSettings):
     # Quote cache: the cost check and the fill use the same snapshot within this lifetime.
     quote_ttl_s: Annotated[float, Field(ge=0)] = 1.0
 
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.api_key_id) and bool(self.secret_key and self.secret_key.get_secret_value())
+
     def credentials(self) -> dict[str, str | None]:
         return {
             "api_key": self.api_key_id,
             "secret_key": self.secret_key.get_secret_value() if self.secret_key else None,
         }
+
+    def required_credentials(self) -> dict[str, str | None]:
+        """The keys, or an error naming the variables to set (alpaca-py's own says only "You must
+        supply a method of authentication")."""
+        if not self.has_credentials:
+            raise ConfigurationError(MISSING_KEYS)
+        return self.credentials()
