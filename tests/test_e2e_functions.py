@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from backend.adapters.documents import LEDGER_TRADES, to_document
+from backend.adapters.documents import LEDGER_ENTRIES, to_document
 from backend.adapters.firestore_store import FirestoreExecutionStore
 from backend.adapters.market_data import StaticMarketData
 from backend.adapters.paper_broker import PaperBroker
@@ -312,7 +312,7 @@ def ledger_document(make_engine: EngineFactory, store: Any) -> dict[str, Any]:
     )  # fmt: skip
     assert make_engine().execute_intent(intent).status is ExecutionStatus.PLACED
     [trade] = store.iter_ledger_trades(TENANT)
-    return {**to_document(LEDGER_TRADES, trade), "written_at": datetime.now(UTC)}
+    return {**to_document(LEDGER_ENTRIES, trade), "written_at": datetime.now(UTC)}
 
 
 def test_ledger_trigger_acknowledges_a_malformed_document_and_raises_anything_else(
