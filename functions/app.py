@@ -124,8 +124,8 @@ def services() -> Services:
 
 def _build_services(built: Stores) -> Services:
     from backend.adapters.alpaca.broker import AlpacaBroker
-    from backend.adapters.alpaca.market_data import AlpacaMarketData
     from backend.adapters.alpaca.settings import AlpacaSettings
+    from backend.adapters.market_data_selection import configured_market_data
     from backend.adapters.paper_broker import PaperBroker
     from backend.adapters.venues import build_venues
     from backend.execution.engine import ExecutionEngine, RiskManager, SmartRouter
@@ -134,9 +134,10 @@ def _build_services(built: Stores) -> Services:
     settings, store = built.settings, built.ledger
     alpaca_settings = AlpacaSettings()
     clock = SystemClock()
-    market_data = AlpacaMarketData(alpaca_settings)
-    # The paper venue fills at the same quotes the router checked (FX has no feed on Alpaca: FX
-    # intents there find no quote and are refused as QUOTE_MISSING).
+    # EXEC_MARKET_DATA (Alpaca with its keys, as deployed). The paper venue fills at the same
+    # quotes the router checked (FX has no feed on Alpaca: FX intents there find no quote and are
+    # refused as QUOTE_MISSING).
+    market_data = configured_market_data(settings, clock=clock, alpaca=alpaca_settings)
     broker = build_venues(
         settings.venue_table(), lambda: AlpacaBroker(alpaca_settings), lambda: PaperBroker(market_data, clock)
     )
