@@ -1,7 +1,9 @@
 """A local HTTP server that speaks the part of Alpaca's REST API this project uses, so the tests,
 the benchmarks and the local stack drive the *real* alpaca-py SDK over a real socket on 127.0.0.1.
 
-Trading: ``POST /v2/orders``, ``GET /v2/orders/{id}``, ``GET /v2/orders:by_client_order_id``.
+Trading: ``POST /v2/orders``, ``GET /v2/orders/{id}``, ``GET /v2/orders:by_client_order_id``,
+``GET /v2/positions``, ``GET /v2/account/activities/CFEE`` (crypto fees taken in the asset
+received, as Alpaca posts them: one per fill, symbol spelled ``BTCUSD``, negative qty).
 Market data: ``GET /v2/stocks/quotes/latest``, ``GET /v1beta3/crypto/us/latest/quotes``,
 ``GET /v1beta1/options/quotes/latest``. Faults are scripted per request: a status with a body, a
 hang, a malformed body, an injected latency. Every request is logged for the tests to count.
@@ -54,6 +56,11 @@ class FakeAlpaca:
     quotes: dict[str, dict[str, Any]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
     log: list[tuple[str, str, str]] = field(default_factory=list)  # (method, path, query)
+    # Crypto fee rate (bps of the notional), taken in the asset received; the account's tier.
+    crypto_fee_bps: Decimal = Decimal(25)
+    # What the account holds, by Alpaca's position spelling (BTCUSD): fills net of asset fees.
+    holdings: dict[str, Decimal] = field(default_factory=dict)
+    activities: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def set_quote(self, symbol: str, bid: str, ask: str, timestamp: str | None = None) -> None:
@@ -124,12 +131,33 @@ class FakeAlpaca:
             self.by_client_id[client_order_id] = order["id"]
             return 200, self._public(order)
 
-    @staticmethod
-    def _fill(order: dict[str, Any], qty: Decimal, status: str = "filled") -> None:
+    def _fill(self, order: dict[str, Any], qty: Decimal, status: str = "filled") -> None:
+        """Fill ``order`` up to ``qty`` in all; the account's holdings follow, net of a crypto fee
+        taken in the asset received (posted as a CFEE activity)."""
+        delta = qty - Decimal(order["filled_qty"])
         order["filled_qty"] = str(qty)
         order["filled_avg_price"] = order["_fill_price"]
         order["filled_at"] = _now()
         order["status"] = status
+        position = order["symbol"].replace("/", "")
+        received = delta if order["side"] == "buy" else -delta
+        if order["asset_class"] == "crypto" and order["side"] == "buy":
+            fee = delta * self.crypto_fee_bps / Decimal(10000)
+            received -= fee
+            self.activities.append(
+                {
+                    "id": f"{datetime.now(UTC):%Y%m%d%H%M%S%f}::{uuid.uuid4()}",
+                    "activity_type": "CFEE",
+                    "date": datetime.now(UTC).date().isoformat(),
+                    "net_amount": "0",
+                    "description": "Coin Pair Transaction Fee (Non USD)",
+                    "symbol": position,
+                    "qty": str(-fee),
+                    "price": order["_fill_price"],
+                    "status": "executed",
+                }
+            )
+        self.holdings[position] = self.holdings.get(position, Decimal(0)) + received
 
     @staticmethod
     def _public(order: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +185,20 @@ class FakeAlpaca:
         with self.lock:
             return 200, self._public(self.orders[order_id])
 
+    def positions(self) -> tuple[int, list[dict[str, Any]]]:
+        with self.lock:
+            return 200, [{"symbol": s, "qty": str(q)} for s, q in sorted(self.holdings.items()) if q]
+
+    def fee_activities(self, query: dict[str, list[str]]) -> tuple[int, list[dict[str, Any]]]:
+        day = query.get("date", [""])[0]
+        after = query.get("page_token", [""])[0]
+        size = int(query.get("page_size", ["100"])[0])
+        with self.lock:
+            chosen = [a for a in self.activities if not day or a["date"] == day]
+        if after:
+            chosen = [a for a in chosen if a["id"] > after]
+        return 200, chosen[:size]
+
     # -- market data ----------------------------------------------------------------------
 
     def latest_quotes(self, symbols: str) -> tuple[int, dict[str, Any]]:
@@ -174,7 +216,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         return
 
-    def _send(self, status: int, body: str | dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    def _send(self, status: int, body: str | Any, headers: dict[str, str] | None = None) -> None:
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -222,6 +264,10 @@ class _Handler(BaseHTTPRequestHandler):
             status, answer = fake.get_by_client_id(query.get("client_order_id", [""])[0])
         elif method == "GET" and path.startswith("/v2/orders/"):
             status, answer = fake.get_order(path.rsplit("/", 1)[1])
+        elif method == "GET" and path == "/v2/positions":
+            status, answer = fake.positions()
+        elif method == "GET" and path == "/v2/account/activities/CFEE":
+            status, answer = fake.fee_activities(query)
         elif method == "GET" and path in (
             "/v2/stocks/quotes/latest",
             "/v1beta3/crypto/us/latest/quotes",

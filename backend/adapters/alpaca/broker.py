@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from datetime import date
 from decimal import Decimal
 
 import requests
@@ -32,6 +33,7 @@ from backend.adapters import alpaca as alpaca_package
 from backend.adapters.alpaca.http import NETWORK_ERRORS, harden, message_of, retry_after_s, with_read_retries
 from backend.adapters.alpaca.settings import AlpacaSettings
 from backend.adapters.alpaca.symbols import instrument_from_alpaca, order_symbol
+from backend.core.fee_reconciliation import AssetFeeActivity
 from backend.core.instruments import AssetClass, instrument_for
 from backend.core.intents import Side
 from backend.core.orders import BrokerOrder, BrokerOrderStatus, OrderRequest, OrderType
@@ -56,6 +58,21 @@ _TIME_IN_FORCE = {
     AssetClass.OPTIONS: TimeInForce.DAY,
 }
 _SUBMIT_ATTEMPTS_AFTER_429 = 3
+_ACTIVITY_PAGE_SIZE = 100
+
+
+def asset_fee_activity(raw: dict[str, object], day: date) -> AssetFeeActivity:
+    """An Alpaca ``CFEE`` activity: ``{"id", "activity_type": "CFEE", "date", "symbol": "ETHUSD",
+    "qty": "-0.000195", "price", "status"}``; the negative qty is what was taken, in the base asset."""
+    instrument = instrument_from_alpaca(str(raw["symbol"]), "crypto")
+    taken = -Decimal(str(raw["qty"]))
+    return AssetFeeActivity(
+        activity_id=str(raw["id"]),
+        symbol=instrument.symbol,
+        day=date.fromisoformat(str(raw.get("date") or day.isoformat())[:10]),
+        asset=instrument.base,
+        amount=taken,
+    )
 
 
 def _rejection_code(status: int | None, message: str) -> ReasonCode:
@@ -218,6 +235,33 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
         order = self._lookup(client_order_id)
         return to_broker_order(order) if order is not None else None
+
+    def asset_fee_activities(self, day: date) -> list[AssetFeeActivity]:
+        """The crypto fees Alpaca took in an asset on ``day`` (``CFEE`` account activities, read
+        through the SDK's generic request: alpaca-py has no model for them), every page."""
+        activities: list[AssetFeeActivity] = []
+        page_token: str | None = None
+        while True:
+            params = {"date": day.isoformat(), "direction": "asc", "page_size": _ACTIVITY_PAGE_SIZE}
+            if page_token:
+                params["page_token"] = page_token
+            page = with_read_retries(
+                lambda params=params: self._client.get("/account/activities/CFEE", params),  # type: ignore[misc]
+                self.settings.read_attempts,
+                self.settings.backoff_s,
+                self.settings.max_wait_s,
+                self._sleep,
+            )
+            if not isinstance(page, list):
+                raise ValueError(
+                    f"Alpaca answered the CFEE activities with {type(page).__name__}, not a list"
+                )
+            activities.extend(
+                asset_fee_activity(raw, day) for raw in page if raw.get("status", "executed") == "executed"
+            )
+            if len(page) < _ACTIVITY_PAGE_SIZE:
+                return activities
+            page_token = str(page[-1]["id"])
 
     def _track_fill(self, order: Order) -> BrokerOrder:
         """Poll (bounded) until the order is final; what is known by then is what is returned."""
