@@ -25,6 +25,7 @@ from backend.adapters.venues import VenueRouter
 from backend.core.instruments import AssetClass, instrument_for
 from backend.core.intents import Side
 from backend.core.orders import OrderRequest
+from backend.core.paths import client_order_id_for
 from backend.core.risk import RiskLimits
 from backend.execution.engine import (
     BrokerRejectedError,
@@ -241,19 +242,37 @@ class TestExactlyOnce:
         assert posted_bodies(fake) == 1
         assert len(list(engine.store.iter_ledger_trades())) == 1
 
-    def test_unknown_not_found_after_the_wait_is_failed_and_frees_the_slot(
+    def test_unknown_not_found_after_the_window_is_sent_again_under_the_same_client_order_id(
+        self, tmp_path: Path, fake: FakeAlpaca, broker: AlpacaBroker, market_data: AlpacaMarketData
+    ) -> None:
+        fake.faults.append(Fault("POST", ORDERS, status=503, body="unavailable"))  # nothing created
+        engine = make_engine(tmp_path, broker, market_data)
+        engine.settings = ExecSettings(tenant_id="acme_corp", uid="u1", reconcile_after_seconds=0)
+        first = engine.execute_intent(intent())
+        assert first.status is ExecutionStatus.UNKNOWN
+        settled = engine.execute_intent(intent())  # not at the broker, intent fresh, quote fine
+        assert settled.status is ExecutionStatus.PLACED
+        assert settled.client_order_id == client_order_id_for("acme_corp", "k1")
+        assert posted_bodies(fake) == 2
+        assert len(fake.orders) == 1
+        assert len(list(engine.store.iter_ledger_trades())) == 1
+
+    def test_unknown_not_found_after_the_window_is_released_when_the_intent_is_old(
         self, tmp_path: Path, fake: FakeAlpaca, broker: AlpacaBroker, market_data: AlpacaMarketData
     ) -> None:
         fake.faults.append(Fault("POST", ORDERS, status=503, body="unavailable"))
         engine = make_engine(tmp_path, broker, market_data)
-        engine.settings = ExecSettings(tenant_id="acme_corp", uid="u1", reconcile_after_seconds=0)
+        engine.settings = ExecSettings(
+            tenant_id="acme_corp", uid="u1", reconcile_after_seconds=0, intent_ttl_seconds=0.001
+        )
         assert engine.execute_intent(intent()).status is ExecutionStatus.UNKNOWN
+        time.sleep(0.01)
         settled = engine.execute_intent(intent())
-        assert settled.status is ExecutionStatus.FAILED
+        assert (settled.status, settled.reason_code) == (ExecutionStatus.FAILED, ReasonCode.INTENT_EXPIRED)
         assert "never placed" in settled.reason
         day = datetime.now(UTC).date().isoformat()
-        exposure = engine.store.get_exposure("acme_corp", "alpaca_main", "AAPL", day)
-        assert (exposure.trades_today, exposure.pending_qty) == (0, 0)
+        exposure = engine.store.get_exposure("acme_corp", "alpaca_main", "AAPL", day, 50)
+        assert (exposure.trades_today, exposure.pending_buy_qty) == (0, 0)  # slot and quantity given back
         assert posted_bodies(fake) == 1
 
     def test_422_duplicate_returns_the_existing_order(
@@ -261,8 +280,6 @@ class TestExactlyOnce:
     ) -> None:
         engine = make_engine(tmp_path, broker, market_data)
         # An earlier attempt (another worker, before a crash) already placed this client order id.
-        from backend.core.paths import client_order_id_for
-
         cid = client_order_id_for("acme_corp", "k1")
         _, existing = fake.create_order(
             {"symbol": "AAPL", "qty": "10", "side": "buy", "time_in_force": "day", "client_order_id": cid}
@@ -327,8 +344,8 @@ class TestBrokerAnswers:
         [trade] = engine.store.iter_ledger_trades()
         assert trade.qty == Decimal(5)
         day = datetime.now(UTC).date().isoformat()
-        exposure = engine.store.get_exposure("acme_corp", "alpaca_main", "AAPL", day)
-        assert (exposure.position_qty, exposure.pending_qty) == (5, 5)
+        exposure = engine.store.get_exposure("acme_corp", "alpaca_main", "AAPL", day, 50)
+        assert (exposure.position_qty, exposure.pending_buy_qty) == (5, 5)
 
     @pytest.mark.parametrize(
         ("status", "message", "code"),
@@ -400,14 +417,10 @@ class TestVenues:
 
 
 def refused_request() -> Any:
-    from backend.core.intents import Side
-    from backend.core.orders import OrderRequest
-
     return OrderRequest("c", "a", "EUR/USD", AssetClass.FOREX, Side.BUY, Decimal(1))
 
 
 def first_cid(result: Any) -> str:
-    from backend.core.paths import client_order_id_for
 
     return client_order_id_for(result.tenant_id, result.idempotency_key)
 

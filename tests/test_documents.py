@@ -32,8 +32,10 @@ def test_a_result_read_back_from_each_store_is_answered_as_json(
     )  # fmt: skip
     result = make_engine().execute_intent(intent)
     assert result.status is ExecutionStatus.PLACED
-    stored = store.get_execution("acme_corp", "k-1")
-    assert stored is not None
+    execution = store.get_execution("acme_corp", "k-1")
+    assert execution is not None
+    stored = execution.result
+    assert type(execution.order.updated_at) is datetime
     assert type(stored.decided_at) is datetime
     assert type(stored.broker_order.submitted_at) is datetime
     [trade] = store.iter_ledger_trades("acme_corp")

@@ -391,25 +391,36 @@ class TestFirstSchemaDocuments:
         assert plan_fan_out(entry, True, lots, LotMethod.FIFO) is None  # lots under old rules: recompute
 
 
-def test_sqlite_merges_positions_written_under_two_spellings(tmp_path: Path) -> None:
+def test_an_older_sqlite_file_is_brought_up_to_date(tmp_path: Path) -> None:
+    """Positions written under two spellings become one; a signed in-flight quantity becomes the
+    in-flight quantity of its side; decisions gain their order columns."""
     import sqlite3
 
     path = tmp_path / "old.sqlite3"
-    SQLiteExecutionStore(path).close()
-    with sqlite3.connect(path) as conn:  # a file from before canonical symbols
-        conn.execute("PRAGMA user_version = 0")
+    with sqlite3.connect(path) as conn:  # the first schema's tables, as an older release wrote them
+        conn.executescript(
+            """
+            CREATE TABLE decisions (path TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, status TEXT NOT NULL,
+                                    decided_at TEXT NOT NULL, result TEXT NOT NULL);
+            CREATE TABLE positions (tenant_id TEXT NOT NULL, broker_account_id TEXT NOT NULL,
+                                    symbol TEXT NOT NULL, qty TEXT NOT NULL,
+                                    pending_qty TEXT NOT NULL DEFAULT '0',
+                                    PRIMARY KEY (tenant_id, broker_account_id, symbol)) WITHOUT ROWID;
+            """
+        )
         conn.executemany(
             "INSERT INTO positions (tenant_id, broker_account_id, symbol, qty, pending_qty) "
             "VALUES (?, ?, ?, ?, ?)",
             [
                 ("t", "a", "BTCUSD", "0.5", "0"),
                 ("t", "a", "BTC/USD", "0.25", "0.1"),
-                ("t", "a", "AAPL", "3", "0"),
+                ("t", "a", "AAPL", "3", "-2"),
             ],
         )
     reopened = SQLiteExecutionStore(path)
     try:
         assert reopened.positions("t") == {"BTC/USD": D("0.75"), "AAPL": D(3)}
-        assert reopened.get_exposure("t", "a", "BTC/USD", "2026-03-02").pending_qty == D("0.1")
+        assert reopened.in_flight("t") == {("a", "BTC/USD"): (D("0.1"), D(0)), ("a", "AAPL"): (D(0), D(2))}
+        assert reopened.get_exposure("t", "a", "BTC/USD", "2026-03-02", 50).pending_buy_qty == D("0.1")
     finally:
         reopened.close()

@@ -413,8 +413,8 @@ class TestExecutionEngineSmartRouting:
         assert failed.reason_code is ReasonCode.BROKER_REJECTED
         assert "insufficient buying power" in failed.reason
         assert list(store.iter_ledger_trades()) == []
-        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat())
-        assert (exposure.trades_today, exposure.pending_qty, exposure.position_qty) == (0, 0, 0)
+        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat(), 50)
+        assert (exposure.trades_today, exposure.pending_buy_qty, exposure.position_qty) == (0, 0, 0)
 
     @pytest.mark.parametrize(
         ("broker_status", "expected", "ledger_rows", "pending"),
@@ -446,8 +446,8 @@ class TestExecutionEngineSmartRouting:
         assert result.broker_order_id == "o-1"
         assert "None" not in result.reason
         assert len(list(store.iter_ledger_trades())) == ledger_rows
-        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat())
-        assert exposure.pending_qty == pending
+        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat(), 50)
+        assert exposure.pending_buy_qty == pending
         assert exposure.position_qty == 0
 
     def test_lost_answer_keeps_its_quantity_in_flight_against_the_position_limit(
@@ -460,8 +460,8 @@ class TestExecutionEngineSmartRouting:
         real_submit = broker.submit_order
         broker.submit_order = lose  # type: ignore[method-assign]
         assert engine.execute_intent(intent(qty=10, idempotency_key="lost")).status is ExecutionStatus.UNKNOWN
-        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat())
-        assert (exposure.position_qty, exposure.pending_qty, exposure.trades_today) == (0, 10, 1)
+        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat(), 50)
+        assert (exposure.position_qty, exposure.pending_buy_qty, exposure.trades_today) == (0, 10, 1)
         broker.submit_order = real_submit  # type: ignore[method-assign]
         refused = engine.execute_intent(intent(qty=10, idempotency_key="next"))
         assert refused.reason_code is ReasonCode.POSITION_LIMIT
@@ -471,8 +471,8 @@ class TestExecutionEngineSmartRouting:
         self, make_engine: EngineFactory, store: SQLiteExecutionStore
     ) -> None:
         make_engine().execute_intent(intent(qty=7))
-        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat())
-        assert (exposure.position_qty, exposure.pending_qty) == (7, 0)
+        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat(), 50)
+        assert (exposure.position_qty, exposure.pending_buy_qty) == (7, 0)
 
     @pytest.mark.parametrize("error", [BrokerOutcomeUnknownError("read timed out"), ConnectionError("reset")])
     def test_lost_broker_answer_is_unknown_not_failed_and_is_not_resent(

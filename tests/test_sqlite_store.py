@@ -277,7 +277,7 @@ def test_positions_sum_correctly_after_buy_three_sell_one(db_path: Path, venue: 
     reopened = SQLiteExecutionStore(db_path)
     try:
         positions = reopened.positions(TENANT)
-        exposure = reopened.get_exposure(TENANT, "paper_acct", "AAPL", T0.date().isoformat())
+        exposure = reopened.get_exposure(TENANT, "paper_acct", "AAPL", T0.date().isoformat(), 50)
         trades = list(reopened.iter_ledger_trades(TENANT))
     finally:
         reopened.close()
@@ -348,8 +348,8 @@ def test_position_limit_race_eight_threads_cannot_share_the_same_headroom(
     }
     assert venue.broker.calls == 1
     with SQLiteExecutionStore(db_path) as store:
-        exposure = store.get_exposure(TENANT, "paper_acct", "AAPL", T0.date().isoformat())
-    assert (exposure.position_qty, exposure.pending_qty) == (Decimal(60), Decimal(0))
+        exposure = store.get_exposure(TENANT, "paper_acct", "AAPL", T0.date().isoformat(), 50)
+    assert (exposure.position_qty, exposure.pending_buy_qty) == (Decimal(60), Decimal(0))
 
 
 def test_daily_limit_race_eight_threads_eight_intents_limit_three_places_exactly_three(
@@ -372,7 +372,7 @@ def test_daily_limit_race_eight_threads_eight_intents_limit_three_places_exactly
     assert ledger_row_count(db_path) == 3
     with closing(sqlite3.connect(db_path)) as conn:
         counted = conn.execute(
-            "SELECT trades FROM daily_trade_counts WHERE tenant_id = ? AND trading_day = ?",
+            "SELECT COUNT(*) FROM daily_trade_slots WHERE tenant_id = ? AND trading_day = ?",
             (TENANT, T0.date().isoformat()),
         ).fetchone()
     assert counted == (3,)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -13,13 +14,31 @@ import pytest
 
 from backend.adapters.market_data import StaticMarketData
 from backend.core.intents import OrderIntent
-from backend.core.ledger import build_ledger_trade
+from backend.core.ledger import build_fill_trade
+from backend.core.order_lifecycle import (
+    BrokerReport,
+    Lease,
+    OrderState,
+    Refusal,
+    Released,
+    SubmitSent,
+    SubmitUnknown,
+    apply,
+    claimed_order,
+    transition_effects,
+)
 from backend.core.orders import BrokerOrder, BrokerOrderStatus, ExecutionResult, ExecutionStatus
-from backend.core.paths import ledger_trade_path, trade_id_for
+from backend.core.paths import client_order_id_for
 from backend.core.reasons import ReasonCode
 from backend.core.risk import Exposure, RiskDecision, RiskLimits, check_risk
 from backend.core.routing import RoutingPolicy, decide_route
-from backend.execution.ports import ClaimOutcome, LedgerIntegrityError, ManualClock
+from backend.execution.ports import (
+    ClaimOutcome,
+    LedgerIntegrityError,
+    ManualClock,
+    OrderUpdate,
+    StoredExecution,
+)
 from tests.conftest import T0, EngineFactory
 
 TENANT = "acme_corp"
@@ -68,121 +87,190 @@ def approve(intent: OrderIntent, limits: RiskLimits | None = None) -> Any:
     return check
 
 
-def filled(result: ExecutionResult, price: str = "190.01") -> ExecutionResult:
-    intent = result.intent
-    order = BrokerOrder(
-        broker="paper",
-        order_id="o-" + result.idempotency_key,
-        client_order_id="c-" + result.idempotency_key,
-        status=BrokerOrderStatus.FILLED,
-        symbol=intent.symbol,
-        side=intent.side,
-        qty=intent.qty,
-        filled_qty=intent.qty,
-        avg_fill_price=Decimal(price),
-        submitted_at=T0,
-        filled_at=T0,
+def figures(store: Any, symbol: str = "AAPL") -> tuple[Decimal, Decimal, Decimal, int]:
+    """(position, in-flight buys, in-flight sells, daily slots taken), the same on every store."""
+    exposure = store.get_exposure(TENANT, "acct", symbol, DAY, 50)
+    return (
+        exposure.position_qty,
+        exposure.pending_buy_qty,
+        exposure.pending_sell_qty,
+        store.daily_slots_taken(TENANT, DAY),
     )
-    trade_id = trade_id_for(TENANT, result.idempotency_key)
-    return ExecutionResult(
-        status=ExecutionStatus.PLACED,
-        reason_code=ReasonCode.OK,
-        reason="filled",
-        idempotency_key=result.idempotency_key,
-        tenant_id=TENANT,
-        uid="u1",
-        intent=intent,
-        decided_at=T0,
-        routing=result.routing,
-        risk=check_risk(intent, Exposure(), RiskLimits()),
-        broker_order=order,
-        trade_id=trade_id,
-        ledger_path=ledger_trade_path(TENANT, trade_id),
+
+
+def claim_order(
+    store: Any, intent: OrderIntent, market: StaticMarketData, limits: RiskLimits | None = None
+) -> Any:
+    pending = result_for(intent, ExecutionStatus.PENDING, market, ReasonCode.IN_FLIGHT)
+    key = intent.resolved_idempotency_key()
+    order = claimed_order(
+        client_order_id_for(TENANT, key),
+        TENANT,
+        key,
+        intent.side,
+        intent.qty,
+        T0,
+        Lease("w1", T0 + timedelta(minutes=1)),
     )
+    return store.claim(
+        pending, order, DAY, 50 if limits is None else limits.max_daily_trades, approve(intent, limits)
+    )
+
+
+def transition(stored: StoredExecution, *events: Any) -> OrderUpdate:
+    """The update the engine would commit for ``events`` (fills priced as reported)."""
+    assert stored.result is not None
+    assert stored.order is not None
+    after = stored.order
+    for event in events:
+        after = apply(after, event)
+        assert not isinstance(after, Refusal), after
+    effects = transition_effects(stored.order, after)
+    broker = BrokerOrder(
+        "paper", "o1", after.client_order_id, BrokerOrderStatus.FILLED, stored.result.intent.symbol,
+        after.side, after.qty, after.filled_qty, after.avg_fill_price, T0, T0,
+    )  # fmt: skip
+    result = replace(
+        stored.result, status=ExecutionStatus.PLACED, broker_order=broker, order_state=after.state
+    )
+    result = replace(result, risk=check_risk(result.intent, Exposure(), RiskLimits()))
+    trades = tuple(build_fill_trade(result, fill) for fill in effects.new_fills)
+    return OrderUpdate(
+        result, after, stored.order.version, trades, sum((t.side.sign * t.qty for t in trades), Decimal(0)),
+        effects.release_in_flight, effects.release_slot,
+    )  # fmt: skip
+
+
+def report(state: OrderState, filled: str, price: str | None = "190.01") -> BrokerReport:
+    return BrokerReport(T0, "paper", "o1", state, Decimal(filled), Decimal(price) if price else None)
 
 
 class TestOutcomes:
     def test_first_outcome_for_a_key_wins(self, store: Any, market: StaticMarketData) -> None:
         intent = make_intent("k1")
         first = result_for(intent, ExecutionStatus.DOWNGRADED, market, ReasonCode.SPREAD_TOO_WIDE)
-        assert store.record_outcome(first) is first
+        assert store.record_outcome(first).result is first
         second = result_for(intent, ExecutionStatus.REJECTED, market, ReasonCode.KILL_SWITCH)
-        stored = store.record_outcome(second)
-        assert stored is not None
+        stored = store.record_outcome(second).result
         assert (stored.status, stored.reason_code) == (ExecutionStatus.DOWNGRADED, ReasonCode.SPREAD_TOO_WIDE)
-        assert store.get_execution(TENANT, "k1") == first
+        assert store.get_execution(TENANT, "k1") == StoredExecution(first)
 
     def test_dry_runs_never_block_the_key(self, store: Any, market: StaticMarketData) -> None:
         intent = make_intent("k2")
         dry = result_for(intent, ExecutionStatus.DRY_RUN, market, ReasonCode.DRY_RUN)
-        assert store.record_outcome(dry) is dry
-        assert store.record_outcome(dry) is dry
+        assert store.record_outcome(dry).result is dry
+        assert store.record_outcome(dry).result is dry
         assert store.get_execution(TENANT, "k2") is None
         assert [d.status for d in store.iter_decisions(TENANT)] == [ExecutionStatus.DRY_RUN] * 2
 
     def test_unknown_key_has_no_execution(self, store: Any) -> None:
         assert store.get_execution(TENANT, "nothing") is None
-        assert store.get_exposure(TENANT, "acct", "AAPL", DAY) == Exposure()
+        assert figures(store) == (0, 0, 0, 0)
+        assert store.get_exposure(TENANT, "acct", "AAPL", DAY, 50).daily_slot is not None
+        assert store.get_exposure(TENANT, "acct", "AAPL", DAY, 0).daily_slot is None
 
 
-class TestClaim:
-    def test_claim_reserves_slot_and_quantity_then_record_moves_it(
+class TestClaimAndOrderUpdates:
+    def test_claim_reserves_a_slot_and_the_quantity_on_its_side(
         self, store: Any, market: StaticMarketData
     ) -> None:
-        intent = make_intent("c1", qty="10")
-        pending = result_for(intent, ExecutionStatus.PENDING, market, ReasonCode.IN_FLIGHT)
-        claim = store.claim(pending, DAY, approve(intent))
+        claim = claim_order(store, make_intent("c1", qty="10"), market)
         assert claim.outcome is ClaimOutcome.CLAIMED
-        assert claim.risk is not None
         assert claim.risk.approved
-        assert store.get_exposure(TENANT, "acct", "AAPL", DAY) == Exposure(Decimal(0), 1, Decimal(10))
-        assert store.get_execution(TENANT, "c1") is None  # in flight: not an outcome yet
-        assert list(store.iter_decisions(TENANT)) == []
+        assert claim.stored.order.slot is not None
+        assert figures(store) == (0, 10, 0, 1)
+        assert store.get_execution(TENANT, "c1") == claim.stored
+        assert list(store.iter_decisions(TENANT)) == []  # in flight: not a decision yet
+        assert [s.order.state for s in store.iter_orders(TENANT, open_only=True)] == [OrderState.CLAIMED]
+        claim_order(store, make_intent("c2", qty="4", side="sell"), market)
+        assert figures(store) == (0, 10, 4, 2)  # never netted
 
-        again = store.claim(pending, DAY, approve(intent))
-        assert (again.outcome, again.existing) == (ClaimOutcome.DUPLICATE, None)
+        again = claim_order(store, make_intent("c1", qty="10"), market)
+        assert (again.outcome, again.stored) == (ClaimOutcome.DUPLICATE, claim.stored)
 
-        placed = filled(pending)
-        trade = build_ledger_trade(placed)
-        store.record_trade(placed, trade)
-        assert store.get_exposure(TENANT, "acct", "AAPL", DAY) == Exposure(Decimal(10), 1, Decimal(0))
-        assert store.get_execution(TENANT, "c1") == placed
-        assert store.get_ledger_trade(TENANT, trade.trade_id) == trade
-        assert list(store.iter_ledger_trades(TENANT)) == [trade]
-        assert store.positions(TENANT) == {"AAPL": Decimal(10)}
-        final = store.claim(pending, DAY, approve(intent))
-        assert (final.outcome, final.existing) == (ClaimOutcome.DUPLICATE, placed)
+    def test_fills_are_recorded_once_each_over_the_version_they_were_computed_from(
+        self, store: Any, market: StaticMarketData
+    ) -> None:
+        stored = claim_order(store, make_intent("f1", qty="10"), market).stored
+        partial = transition(stored, SubmitSent(T0), report(OrderState.PARTIALLY_FILLED, "4"))
+        assert store.commit_order(partial).committed
+        assert figures(store) == (4, 6, 0, 1)
+        stale = store.commit_order(partial)  # a second delivery computed from the same version
+        assert not stale.committed
+        assert stale.stored.order == partial.order
+        assert figures(store) == (4, 6, 0, 1)
+
+        done = transition(
+            StoredExecution(partial.result, partial.order), report(OrderState.FILLED, "10", "190.03")
+        )
+        assert store.commit_order(done).committed
+        assert figures(store) == (10, 0, 0, 1)
+        trades = list(store.iter_ledger_trades(TENANT))
+        assert sorted(t.filled_qty for t in trades) == [4, 6]
+        assert sum((t.notional for t in trades), Decimal(0)) == Decimal("1900.30")  # 10 x 190.03
+        assert {t.fill_id for t in trades} == {f.fill_id for f in done.order.fills}
+        last = done.order.fills[1]
+        assert store.get_ledger_trade(TENANT, last.trade_id).filled_qty == 6
+        assert list(store.iter_orders(TENANT, open_only=True)) == []
+        assert store.get_execution(TENANT, "f1").order.state is OrderState.FILLED
+
+    def test_a_ledger_row_that_exists_refuses_the_whole_update(
+        self, store: Any, market: StaticMarketData
+    ) -> None:
+        stored = claim_order(store, make_intent("dup", qty="2"), market).stored
+        filled = transition(stored, SubmitSent(T0), report(OrderState.FILLED, "2"))
+        assert store.commit_order(filled).committed
+        forged = replace(
+            filled, expected_version=filled.order.version, order=replace(filled.order, version=99)
+        )
         with pytest.raises(LedgerIntegrityError):
-            store.record_trade(placed, trade)
+            store.commit_order(forged)
+        assert figures(store) == (2, 0, 0, 1)
+        assert store.get_execution(TENANT, "dup").order.version == filled.order.version
+
+    def test_in_flight_never_goes_negative(self, store: Any, market: StaticMarketData) -> None:
+        stored = claim_order(store, make_intent("neg", qty="3"), market).stored
+        update = transition(stored, SubmitSent(T0), SubmitUnknown(T0, "lost"))
+        with pytest.raises(LedgerIntegrityError, match="negative"):
+            store.commit_order(replace(update, release_in_flight=Decimal(5)))
+        assert figures(store) == (0, 3, 0, 1)  # nothing written
+        assert store.get_execution(TENANT, "neg").order.state is OrderState.CLAIMED
+
+    def test_a_released_order_gives_back_its_slot_and_quantity_once(
+        self, store: Any, market: StaticMarketData
+    ) -> None:
+        stored = claim_order(store, make_intent("r1", qty="3"), market).stored
+        claim_order(store, make_intent("r2", qty="4"), market)
+        unknown = transition(stored, SubmitSent(T0), SubmitUnknown(T0, "timeout"))
+        assert store.commit_order(unknown).committed
+        assert figures(store) == (0, 7, 0, 2)  # unknown keeps both
+        released = transition(StoredExecution(unknown.result, unknown.order), Released(T0, "absent"))
+        assert released.release_slot == stored.order.slot
+        assert store.commit_order(released).committed
+        assert figures(store) == (0, 4, 0, 1)
+        again = replace(released, expected_version=released.order.version)
+        with pytest.raises(LedgerIntegrityError, match="slot"):
+            store.commit_order(again)  # a slot is given back once
+        assert figures(store) == (0, 4, 0, 1)
 
     def test_refused_claim_writes_nothing(self, store: Any, market: StaticMarketData) -> None:
         intent = make_intent("c2", qty="150")
-        pending = result_for(intent, ExecutionStatus.PENDING, market, ReasonCode.IN_FLIGHT)
-        claim = store.claim(pending, DAY, approve(intent, RiskLimits(max_position_qty=Decimal(100))))
+        claim = claim_order(store, intent, market, RiskLimits(max_position_qty=Decimal(100)))
         assert claim.outcome is ClaimOutcome.REFUSED
-        assert claim.risk is not None
         assert claim.risk.reason_code is ReasonCode.POSITION_LIMIT
-        assert store.get_exposure(TENANT, "acct", "AAPL", DAY) == Exposure()
-        roomier = approve(intent, RiskLimits(max_position_qty=Decimal(1000)))
-        assert store.claim(pending, DAY, roomier).outcome is ClaimOutcome.CLAIMED
+        assert figures(store) == (0, 0, 0, 0)
+        assert store.get_execution(TENANT, "c2") is None
+        roomier = RiskLimits(max_position_qty=Decimal(1000))
+        assert claim_order(store, intent, market, roomier).outcome is ClaimOutcome.CLAIMED
 
-    def test_failed_settlement_frees_the_slot_unknown_keeps_it(
-        self, store: Any, market: StaticMarketData
-    ) -> None:
-        failing, losing = make_intent("f1", qty="3"), make_intent("u1", qty="4")
-        for intent in (failing, losing):
-            pending = result_for(intent, ExecutionStatus.PENDING, market, ReasonCode.IN_FLIGHT)
-            assert store.claim(pending, DAY, approve(intent)).outcome is ClaimOutcome.CLAIMED
-        assert store.get_exposure(TENANT, "acct", "AAPL", DAY) == Exposure(Decimal(0), 2, Decimal(7))
-        store.settle_claim(
-            result_for(failing, ExecutionStatus.FAILED, market, ReasonCode.BROKER_REJECTED), DAY
-        )
-        store.settle_claim(
-            result_for(losing, ExecutionStatus.UNKNOWN, market, ReasonCode.BROKER_OUTCOME_UNKNOWN), DAY
-        )
-        assert store.get_exposure(TENANT, "acct", "AAPL", DAY) == Exposure(Decimal(0), 1, Decimal(4))
-        statuses = Counter(d.status for d in store.iter_decisions(TENANT))
-        assert statuses == {ExecutionStatus.FAILED: 1, ExecutionStatus.UNKNOWN: 1}
+    def test_the_daily_limit_is_its_slots(self, store: Any, market: StaticMarketData) -> None:
+        limits = RiskLimits(max_daily_trades=2)
+        assert claim_order(store, make_intent("s1", qty="1"), market, limits).outcome is ClaimOutcome.CLAIMED
+        assert claim_order(store, make_intent("s2", qty="1"), market, limits).outcome is ClaimOutcome.CLAIMED
+        full = claim_order(store, make_intent("s3", qty="1"), market, limits)
+        assert (full.outcome, full.risk.reason_code) == (ClaimOutcome.REFUSED, ReasonCode.DAILY_LIMIT)
+        assert "2" in full.risk.reason
+        assert store.daily_slots_taken(TENANT, DAY) == 2
 
 
 class TestEngineOnEachStore:
@@ -240,7 +328,7 @@ def test_two_workers_racing_on_one_key_make_one_order(
     assert sum(not r.replayed for r in results) == 1
     assert len(broker.calls) == 1
     assert len(list(store.iter_ledger_trades(TENANT))) == 1
-    assert store.get_exposure(TENANT, "acct", "AAPL", DAY).position_qty == 2
+    assert figures(store) == (2, 0, 0, 1)
 
 
 @pytest.mark.parametrize(
@@ -289,4 +377,4 @@ def test_two_workers_racing_for_the_last_daily_slot_place_one_order(
         ("rejected", "DAILY_LIMIT"),
     ]
     assert len(broker.calls) == 1
-    assert store.get_exposure(TENANT, "acct", "AAPL", DAY).trades_today == 1
+    assert store.daily_slots_taken(TENANT, DAY) == 1

@@ -4,15 +4,18 @@ store, on google-cloud-firestore.
 Documents (readable in the console; money as exact decimal strings, times as timestamps):
 
 - ``tenants/{t}/decisions/{decision_id}``: every decision; for a keyed intent the id derives from the
-  idempotency key, so the document is also the idempotency record (``status: pending`` while the
-  broker is being called, the full ``result`` afterwards).
+  idempotency key, so the document is also the idempotency record. An intent that reached the claim
+  keeps its ``order`` here (state, fills, lease, the daily slot it holds) with a ``version`` every
+  update must match (compare-and-set, inside a transaction); ``open`` marks an order not yet final.
 - ``tenants/{t}/ledger_trades/{trade_id}``: created once with ``create()``; ``written_at`` is server time.
-- ``tenants/{t}/daily_trade_counts/{YYYY-MM-DD}`` and ``tenants/{t}/positions/{account~symbol}``:
-  read and written inside the claim's transaction, so the risk check and the reservation are atomic.
+- ``tenants/{t}/daily_trade_slots/{day}~{n}``: one document per trade slot taken that day, created by
+  the claim, deleted only when the order never reached the broker: a daily limit of N is N possible
+  documents, none of them hot. ``tenants/{t}/positions/{account~symbol}``: the booked position and
+  its in-flight quantity per side, read and written in the claim's and each update's transaction.
 - ``users/{uid}/portfolio/history/trades/{trade_id}``, ``users/{uid}/portfolio/tax/lots/{account~symbol}``,
   ``users/{uid}/portfolio/settings``.
 
-Commits per executed trade: two transactions (the claim before the broker, the record after).
+Commits per filled market order: two transactions (the claim before the broker, the update after).
 """
 
 from __future__ import annotations
@@ -31,24 +34,26 @@ from backend.adapters.documents import (
     HISTORY_ENTRIES,
     LEDGER_ENTRIES,
     LOTS_SNAPSHOTS,
+    ORDERS,
     RESULTS,
     DocumentCodec,
     from_document,
     to_document,
     without_server_fields,
 )
-from backend.core.intents import canonical_decimal
+from backend.core.intents import Side, canonical_decimal
 from backend.core.ledger import (
     DecisionRecord,
     LedgerEntry,
     LedgerFeeAdjustment,
-    LedgerTrade,
     build_decision_record,
     new_decision_id,
 )
-from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
+from backend.core.order_lifecycle import OrderRecord
+from backend.core.orders import ExecutionResult, ExecutionStatus
 from backend.core.paths import (
-    daily_trade_count_path,
+    daily_slot_id,
+    daily_slot_path,
     decision_id_for,
     decision_path,
     ledger_trade_path,
@@ -57,14 +62,24 @@ from backend.core.paths import (
     portfolio_settings_path,
     portfolio_trade_path,
     position_path,
+    slot_probe_order,
     tenant_collection_path,
 )
 from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, plan_fan_out, recompute_tax
 from backend.core.risk import Exposure
 from backend.core.tax_lots import LotMethod
-from backend.execution.ports import Claim, ClaimOutcome, LedgerIntegrityError, RiskCheck
+from backend.execution.ports import (
+    Claim,
+    ClaimOutcome,
+    LedgerIntegrityError,
+    OrderCommit,
+    OrderUpdate,
+    RiskCheck,
+    StoredExecution,
+)
 
 _PENDING = ExecutionStatus.PENDING.value
+_ZERO = Decimal(0)
 T = TypeVar("T")
 
 DEFAULT_PROJECT = "demo-local"  # a demo- project never reaches Google's servers
@@ -77,12 +92,19 @@ def firestore_client(project: str | None = None) -> firestore.Client:
     return firestore.Client(project=project or DEFAULT_PROJECT)
 
 
-def _position_exposure(snapshot: firestore.DocumentSnapshot) -> Exposure:
+def _position_figures(snapshot: firestore.DocumentSnapshot) -> tuple[Decimal, Decimal, Decimal]:
+    """(booked qty, in-flight buys, in-flight sells); a signed ``pending_qty`` written before the
+    sides were kept apart is read as the in-flight quantity of its side."""
     position = snapshot.to_dict() if snapshot.exists else {}
-    return Exposure(
-        position_qty=Decimal(position.get("qty", "0")),
-        pending_qty=Decimal(position.get("pending_qty", "0")),
-    )
+    held = Decimal(position.get("qty", "0"))
+    if "pending_buy_qty" in position or "pending_qty" not in position:
+        return (
+            held,
+            Decimal(position.get("pending_buy_qty", "0")),
+            Decimal(position.get("pending_sell_qty", "0")),
+        )
+    signed = Decimal(position["pending_qty"])
+    return held, max(signed, _ZERO), max(-signed, _ZERO)
 
 
 def _model(codec: DocumentCodec[T], snapshot: firestore.DocumentSnapshot) -> T:
@@ -92,6 +114,35 @@ def _model(codec: DocumentCodec[T], snapshot: firestore.DocumentSnapshot) -> T:
 def _position_key(result: ExecutionResult) -> tuple[str, str, str]:
     intent = result.intent
     return result.tenant_id, intent.broker_account_id, intent.symbol
+
+
+def _stored(snapshot: firestore.DocumentSnapshot) -> StoredExecution:
+    data = snapshot.to_dict() or {}
+    order = from_document(ORDERS, data["order"]) if data.get("order") else None
+    if data.get("result") is None:
+        return StoredExecution(None, order)  # a claim from before orders were recorded
+    return StoredExecution(from_document(RESULTS, data["result"]), order)
+
+
+def _position_data(key: tuple[str, str, str], held: Decimal, buys: Decimal, sells: Decimal) -> dict[str, Any]:
+    if buys < 0 or sells < 0:
+        raise LedgerIntegrityError(
+            f"in-flight quantity of {key} would go negative (buys {buys}, sells {sells})"
+        )
+    tenant_id, broker_account_id, symbol = key
+    return {
+        "tenant_id": tenant_id,
+        "broker_account_id": broker_account_id,
+        "symbol": symbol,
+        "qty": canonical_decimal(held),
+        "pending_buy_qty": canonical_decimal(buys),
+        "pending_sell_qty": canonical_decimal(sells),
+        "updated_at": firestore.SERVER_TIMESTAMP,
+    }
+
+
+def _side_deltas(side: Side, qty: Decimal) -> tuple[Decimal, Decimal]:
+    return (qty, _ZERO) if side is Side.BUY else (_ZERO, qty)
 
 
 class FirestoreExecutionStore:
@@ -104,10 +155,9 @@ class FirestoreExecutionStore:
         return self._db.document(decision_path(tenant_id, decision_id_for(tenant_id, key)))
 
     @staticmethod
-    def _decision_data(result: ExecutionResult) -> dict[str, Any]:
-        pending = result.status is ExecutionStatus.PENDING
+    def _decision_data(result: ExecutionResult, order: OrderRecord | None = None) -> dict[str, Any]:
         intent = result.intent
-        return {
+        data = {
             "tenant_id": result.tenant_id,
             "idempotency_key": result.idempotency_key,
             "status": result.status.value,
@@ -117,62 +167,81 @@ class FirestoreExecutionStore:
             "dry_run": result.status is ExecutionStatus.DRY_RUN,
             "decided_at": result.decided_at,
             "recorded_at": firestore.SERVER_TIMESTAMP,
-            "result": None if pending else to_document(RESULTS, result),
+            "result": to_document(RESULTS, result),
+            "order": None,
+            "version": 0,
+            "open": False,
         }
+        if order is not None:
+            data.update(
+                order=to_document(ORDERS, order),
+                version=order.version,
+                open=not order.state.terminal,
+                updated_at=order.updated_at,
+            )
+        return data
 
-    @staticmethod
-    def _final_result(snapshot: firestore.DocumentSnapshot) -> ExecutionResult | None:
-        if not snapshot.exists:
-            return None
-        data = snapshot.to_dict() or {}
-        if data.get("status") == _PENDING or data.get("result") is None:
-            return None
-        return from_document(RESULTS, data["result"])
+    def _position_ref(self, key: tuple[str, str, str]) -> firestore.DocumentReference:
+        return self._db.document(position_path(*key))
+
+    def _free_slot(
+        self, transaction: firestore.Transaction | None, tenant_id: str, probe_key: str, day: str, limit: int
+    ) -> tuple[int | None, int | None]:
+        """(a free slot, how many are taken when that is known): the day's slots are probed from a
+        start spread by ``probe_key``, so concurrent claims rarely read or write the same slot
+        document. The count is known only when every slot is taken."""
+        for slot in slot_probe_order(tenant_id, probe_key, limit):
+            ref = self._db.document(daily_slot_path(tenant_id, daily_slot_id(day, slot)))
+            if not ref.get(transaction=transaction).exists:
+                return slot, None
+        return None, limit
 
     def _exposure_in(
-        self, transaction: firestore.Transaction | None, tenant_id: str, account: str, symbol: str, day: str
+        self, transaction: firestore.Transaction | None, result: ExecutionResult, day: str, limit: int
     ) -> Exposure:
-        position_ref = self._db.document(position_path(tenant_id, account, symbol))
-        count_ref = self._db.document(daily_trade_count_path(tenant_id, day))
-        snapshots = {
-            s.reference.path: s for s in self._db.get_all([position_ref, count_ref], transaction=transaction)
-        }
-        count = snapshots[count_ref.path].to_dict() if snapshots[count_ref.path].exists else {}
-        return replace(
-            _position_exposure(snapshots[position_ref.path]), trades_today=int(count.get("trades", 0))
+        held, buys, sells = _position_figures(
+            self._position_ref(_position_key(result)).get(transaction=transaction)
         )
-
-    def _position_ref(self, result: ExecutionResult) -> firestore.DocumentReference:
-        return self._db.document(position_path(*_position_key(result)))
-
-    @staticmethod
-    def _position_data(
-        key: tuple[str, str, str], current: Exposure, filled: Decimal, pending: Decimal
-    ) -> dict[str, Any]:
-        tenant_id, broker_account_id, symbol = key
-        return {
-            "tenant_id": tenant_id,
-            "broker_account_id": broker_account_id,
-            "symbol": symbol,
-            "qty": canonical_decimal(current.position_qty + filled),
-            "pending_qty": canonical_decimal(current.pending_qty + pending),
-            "updated_at": firestore.SERVER_TIMESTAMP,
-        }
+        slot, taken = self._free_slot(transaction, result.tenant_id, result.idempotency_key, day, limit)
+        return Exposure(held, buys, sells, daily_slot=slot, trades_today=taken)
 
     # -- reads --------------------------------------------------------------------------------
 
-    def get_execution(self, tenant_id: str, idempotency_key: str) -> ExecutionResult | None:
-        return self._final_result(self._decision_ref(tenant_id, idempotency_key).get())
+    def get_execution(self, tenant_id: str, idempotency_key: str) -> StoredExecution | None:
+        snapshot = self._decision_ref(tenant_id, idempotency_key).get()
+        return _stored(snapshot) if snapshot.exists else None
 
-    def get_exposure(self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str) -> Exposure:
-        return self._exposure_in(None, tenant_id, broker_account_id, symbol, trading_day)
+    def get_exposure(
+        self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str, daily_limit: int
+    ) -> Exposure:
+        held, buys, sells = _position_figures(
+            self._position_ref((tenant_id, broker_account_id, symbol)).get()
+        )
+        probe_key = f"{broker_account_id}~{symbol}"
+        slot, taken = self._free_slot(None, tenant_id, probe_key, trading_day, daily_limit)
+        return Exposure(held, buys, sells, daily_slot=slot, trades_today=taken)
 
     def positions(self, tenant_id: str) -> dict[str, Decimal]:
         totals: dict[str, Decimal] = {}
         for snapshot in self._db.collection(tenant_collection_path(tenant_id, "positions")).stream():
             data = snapshot.to_dict() or {}
-            totals[data["symbol"]] = totals.get(data["symbol"], Decimal(0)) + Decimal(data["qty"])
+            totals[data["symbol"]] = totals.get(data["symbol"], _ZERO) + Decimal(data["qty"])
         return totals
+
+    def in_flight(self, tenant_id: str) -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
+        """(account, symbol) -> (pending buys, pending sells): for operators and invariant checks."""
+        figures = {}
+        for snapshot in self._db.collection(tenant_collection_path(tenant_id, "positions")).stream():
+            data = snapshot.to_dict() or {}
+            _, buys, sells = _position_figures(snapshot)
+            figures[(data["broker_account_id"], data["symbol"])] = (buys, sells)
+        return figures
+
+    def daily_slots_taken(self, tenant_id: str, trading_day: str) -> int:
+        query = self._db.collection(tenant_collection_path(tenant_id, "daily_trade_slots")).where(
+            filter=FieldFilter("trading_day", "==", trading_day)
+        )
+        return int(query.count().get()[0][0].value)
 
     def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerEntry | None:
         snapshot = self._db.document(ledger_trade_path(tenant_id, trade_id)).get()
@@ -193,13 +262,25 @@ class FirestoreExecutionStore:
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
         for snapshot in self._scan("decisions", tenant_id, "decided_at"):
-            result = self._final_result(snapshot)
-            if result is not None:
-                yield build_decision_record(result, snapshot.id)
+            data = snapshot.to_dict() or {}
+            if data.get("status") != _PENDING and data.get("result") is not None:
+                yield build_decision_record(from_document(RESULTS, data["result"]), snapshot.id)
+
+    def iter_orders(self, tenant_id: str | None = None, open_only: bool = False) -> Iterator[StoredExecution]:
+        source = (
+            self._db.collection(tenant_collection_path(tenant_id, "decisions"))
+            if tenant_id
+            else self._db.collection_group("decisions")
+        )
+        if open_only:
+            source = source.where(filter=FieldFilter("open", "==", True)).order_by("updated_at")
+        for snapshot in source.stream():
+            if (snapshot.to_dict() or {}).get("order"):
+                yield _stored(snapshot)
 
     # -- writes ------------------------------------------------------------------------------
 
-    def record_outcome(self, result: ExecutionResult) -> ExecutionResult | None:
+    def record_outcome(self, result: ExecutionResult) -> StoredExecution:
         decision_id = new_decision_id(result)
         ref = self._db.document(decision_path(result.tenant_id, decision_id))
         try:
@@ -207,122 +288,111 @@ class FirestoreExecutionStore:
         except AlreadyExists:
             if result.status is ExecutionStatus.DRY_RUN:  # a fresh random id collided: try once more
                 return self.record_outcome(result)
-            return self._final_result(ref.get())
-        return result
+            return _stored(ref.get())
+        return StoredExecution(result)
 
-    def claim(self, result: ExecutionResult, trading_day: str, check: RiskCheck) -> Claim:
+    def claim(
+        self,
+        result: ExecutionResult,
+        order: OrderRecord,
+        trading_day: str,
+        daily_limit: int,
+        check: RiskCheck,
+    ) -> Claim:
         intent = result.intent
+        key = _position_key(result)
         decision_ref = self._decision_ref(result.tenant_id, result.idempotency_key)
-        count_ref = self._db.document(daily_trade_count_path(result.tenant_id, trading_day))
-        position_ref = self._db.document(
-            position_path(result.tenant_id, intent.broker_account_id, intent.symbol)
-        )
 
         @firestore.transactional
         def claim_in(transaction: firestore.Transaction) -> Claim:
             existing = decision_ref.get(transaction=transaction)
-            exposure = self._exposure_in(
-                transaction, result.tenant_id, intent.broker_account_id, intent.symbol, trading_day
-            )
             if existing.exists:
-                return Claim(ClaimOutcome.DUPLICATE, existing=self._final_result(existing))
+                return Claim(ClaimOutcome.DUPLICATE, stored=_stored(existing))
+            exposure = self._exposure_in(transaction, result, trading_day, daily_limit)
             decision = check(exposure)
-            if not decision.approved:
+            if not decision.approved or exposure.daily_slot is None:
                 return Claim(ClaimOutcome.REFUSED, risk=decision)
-            transaction.set(
-                count_ref,
-                {
-                    "tenant_id": result.tenant_id,
-                    "trading_day": trading_day,
-                    "trades": exposure.trades_today + 1,
-                    "updated_at": firestore.SERVER_TIMESTAMP,
-                },
+            slot = daily_slot_id(trading_day, exposure.daily_slot)
+            claimed = replace(order, slot=slot)
+            transaction.create(
+                self._db.document(daily_slot_path(result.tenant_id, slot)),
+                {"tenant_id": result.tenant_id, "trading_day": trading_day, "slot": exposure.daily_slot,
+                 "client_order_id": order.client_order_id, "taken_at": firestore.SERVER_TIMESTAMP},
+            )  # fmt: skip
+            buys, sells = _side_deltas(intent.side, intent.qty)
+            figures = (
+                exposure.position_qty,
+                exposure.pending_buy_qty + buys,
+                exposure.pending_sell_qty + sells,
             )
-            pending = intent.side.sign * intent.qty
-            transaction.set(
-                position_ref, self._position_data(_position_key(result), exposure, Decimal(0), pending)
-            )
-            transaction.create(decision_ref, self._decision_data(result))
-            return Claim(ClaimOutcome.CLAIMED, risk=decision)
+            transaction.set(self._position_ref(key), _position_data(key, *figures))
+            transaction.create(decision_ref, self._decision_data(result, claimed))
+            return Claim(ClaimOutcome.CLAIMED, stored=StoredExecution(result, claimed), risk=decision)
 
-        return claim_in(self._db.transaction())
+        return claim_in(self._db.transaction())  # type: ignore[no-any-return]
 
-    def record_trade(self, result: ExecutionResult, trade: LedgerTrade) -> ExecutionResult:
-        """Ledger row (create-only), position and final decision in one transaction."""
-        intent = result.intent
-        ledger_ref = self._db.document(trade.path)
+    def commit_order(self, update: OrderUpdate) -> OrderCommit:
+        result, order = update.result, update.order
         decision_ref = self._decision_ref(result.tenant_id, result.idempotency_key)
-        released = (
-            trade.broker.filled_qty
-            if trade.broker.status is BrokerOrderStatus.PARTIALLY_FILLED
-            else intent.qty
+        key = _position_key(result)
+        stamp = {"written_at": firestore.SERVER_TIMESTAMP}
+        trades = [
+            (self._db.document(t.path), {**to_document(LEDGER_ENTRIES, t), **stamp}) for t in update.trades
+        ]
+        data = self._decision_data(result, order)
+        slot_ref = (
+            self._db.document(daily_slot_path(result.tenant_id, update.release_slot))
+            if update.release_slot is not None
+            else None
         )
 
         @firestore.transactional
-        def record_in(transaction: firestore.Transaction) -> None:
-            # The position only: reading the tenant's daily counter here would contend with claims.
-            exposure = _position_exposure(self._position_ref(result).get(transaction=transaction))
-            sign = trade.side.sign
-            transaction.create(
-                ledger_ref, {**to_document(LEDGER_ENTRIES, trade), "written_at": firestore.SERVER_TIMESTAMP}
-            )
-            transaction.set(
-                self._position_ref(result),
-                self._position_data(_position_key(result), exposure, sign * trade.qty, -sign * released),
-            )
-            transaction.set(decision_ref, self._decision_data(result))
+        def commit_in(transaction: firestore.Transaction) -> OrderCommit:
+            current = decision_ref.get(transaction=transaction)
+            if not current.exists or (current.to_dict() or {}).get("version", 0) != update.expected_version:
+                return OrderCommit(False, _stored(current) if current.exists else StoredExecution(None))
+            moves_position = bool(update.position_delta or update.release_in_flight)
+            position = self._position_ref(key).get(transaction=transaction) if moves_position else None
+            if slot_ref is not None and not slot_ref.get(transaction=transaction).exists:
+                raise LedgerIntegrityError(f"daily slot {update.release_slot} is not held")
+            for ref, document in trades:
+                transaction.create(ref, document)
+            if position is not None:
+                held, buys, sells = _position_figures(position)
+                release_buys, release_sells = _side_deltas(order.side, update.release_in_flight)
+                figures = (held + update.position_delta, buys - release_buys, sells - release_sells)
+                transaction.set(self._position_ref(key), _position_data(key, *figures))
+            if slot_ref is not None:
+                transaction.delete(slot_ref)
+            transaction.set(decision_ref, data)
+            return OrderCommit(True, StoredExecution(result, order))
 
         try:
-            record_in(self._db.transaction())
+            return commit_in(self._db.transaction())  # type: ignore[no-any-return]
         except AlreadyExists as exc:
-            raise LedgerIntegrityError(f"ledger row {trade.path} already exists") from exc
-        return result
+            raise LedgerIntegrityError(
+                f"a ledger row of order {order.client_order_id} exists already"
+            ) from exc
 
     def record_fee_adjustment(self, adjustment: LedgerFeeAdjustment) -> bool:
         """The adjustment's ledger row (create-only) and its change to the position, in one
         transaction; False when it had been recorded before."""
         ledger_ref = self._db.document(adjustment.path)
         key = (adjustment.tenant_id, adjustment.broker_account_id, adjustment.symbol)
-        position_ref = self._db.document(position_path(*key))
+        position_ref = self._position_ref(key)
         document = {**to_document(LEDGER_ENTRIES, adjustment), "written_at": firestore.SERVER_TIMESTAMP}
 
         @firestore.transactional
         def record_in(transaction: firestore.Transaction) -> bool:
             if ledger_ref.get(transaction=transaction).exists:
                 return False
-            exposure = _position_exposure(position_ref.get(transaction=transaction))
+            held, buys, sells = _position_figures(position_ref.get(transaction=transaction))
             transaction.create(ledger_ref, document)
             delta = adjustment.side.sign * adjustment.qty
-            transaction.set(position_ref, self._position_data(key, exposure, delta, Decimal(0)))
+            transaction.set(position_ref, _position_data(key, held + delta, buys, sells))
             return True
 
         return bool(record_in(self._db.transaction()))
-
-    def settle_claim(self, result: ExecutionResult, trading_day: str) -> ExecutionResult:
-        intent = result.intent
-        decision_ref = self._decision_ref(result.tenant_id, result.idempotency_key)
-
-        @firestore.transactional
-        def settle_in(transaction: firestore.Transaction) -> None:
-            if result.status is ExecutionStatus.FAILED:
-                exposure = self._exposure_in(
-                    transaction, result.tenant_id, intent.broker_account_id, intent.symbol, trading_day
-                )
-                transaction.set(
-                    self._db.document(daily_trade_count_path(result.tenant_id, trading_day)),
-                    {"trades": max(exposure.trades_today - 1, 0), "updated_at": firestore.SERVER_TIMESTAMP},
-                    merge=True,
-                )
-                transaction.set(
-                    self._position_ref(result),
-                    self._position_data(
-                        _position_key(result), exposure, Decimal(0), -intent.side.sign * intent.qty
-                    ),
-                )
-            transaction.set(decision_ref, self._decision_data(result))
-
-        settle_in(self._db.transaction())
-        return result
 
     # -- portfolio history and tax lots (PortfolioStore) -------------------------------------
 

@@ -2,8 +2,9 @@
 
 Rows are keyed by the same logical paths Firestore uses (``tenants/{tenant_id}/ledger_trades/...``).
 Documents are stored as JSON with money as decimal strings. The ledger table is append-only:
-triggers abort any UPDATE or DELETE. Writers take ``BEGIN IMMEDIATE``, so the idempotency claim and
-the daily-trade counter stay correct across threads *and* processes sharing the file.
+triggers abort any UPDATE or DELETE. Writers take ``BEGIN IMMEDIATE``, so the idempotency claim,
+the daily-trade slots and every order transition (a compare-and-set on the order's version) stay
+correct across threads *and* processes sharing the file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,22 +21,24 @@ from backend.adapters.documents import (
     HISTORY_ENTRIES,
     LEDGER_ENTRIES,
     LOTS_SNAPSHOTS,
+    ORDERS,
     RESULTS,
     from_json,
     to_json,
 )
 from backend.core.instruments import instrument_for
-from backend.core.intents import canonical_decimal
+from backend.core.intents import Side, canonical_decimal
 from backend.core.ledger import (
     DecisionRecord,
     LedgerEntry,
     LedgerFeeAdjustment,
-    LedgerTrade,
     build_decision_record,
     new_decision_id,
 )
-from backend.core.orders import BrokerOrderStatus, ExecutionResult, ExecutionStatus
+from backend.core.order_lifecycle import OrderRecord
+from backend.core.orders import ExecutionResult, ExecutionStatus
 from backend.core.paths import (
+    daily_slot_id,
     decision_id_for,
     decision_path,
     ledger_trade_path,
@@ -47,20 +51,34 @@ from backend.core.paths import (
 from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, plan_fan_out, recompute_tax
 from backend.core.risk import Exposure
 from backend.core.tax_lots import LotMethod
-from backend.execution.ports import Claim, ClaimOutcome, LedgerIntegrityError, RiskCheck
+from backend.execution.ports import (
+    Claim,
+    ClaimOutcome,
+    LedgerIntegrityError,
+    OrderCommit,
+    OrderUpdate,
+    RiskCheck,
+    StoredExecution,
+)
 
 _PENDING = ExecutionStatus.PENDING.value
+_ZERO = Decimal(0)
 
 SCHEMA = """
 -- One row per decision, keyed by its logical path. A keyed intent's decision id derives from its
--- idempotency key, so this table is also the idempotency record: pending while the broker is
--- being called, final afterwards. Dry runs get fresh ids and never block a real execution.
+-- idempotency key, so this table is also the idempotency record. An intent that reached the claim
+-- has its order here too (order_doc), changed only over its version (compare-and-set); open marks
+-- an order not in a final state. Dry runs get fresh ids and never block a real execution.
 CREATE TABLE IF NOT EXISTS decisions (
     path TEXT PRIMARY KEY,
     tenant_id TEXT NOT NULL,
     status TEXT NOT NULL,
     decided_at TEXT NOT NULL,
-    result TEXT NOT NULL
+    result TEXT NOT NULL,
+    order_doc TEXT,
+    version INTEGER NOT NULL DEFAULT 0,
+    open INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT
 );
 
 CREATE TABLE IF NOT EXISTS ledger_trades (
@@ -77,14 +95,17 @@ BEFORE UPDATE ON ledger_trades BEGIN SELECT RAISE(ABORT, 'ledger_trades is appen
 CREATE TRIGGER IF NOT EXISTS ledger_trades_append_only_delete
 BEFORE DELETE ON ledger_trades BEGIN SELECT RAISE(ABORT, 'ledger_trades is append-only'); END;
 
-CREATE TABLE IF NOT EXISTS daily_trade_counts (
+-- One row per trade slot taken today: a daily limit of N is N possible rows, each written once
+-- by a claim and deleted only when the order never reached the broker.
+CREATE TABLE IF NOT EXISTS daily_trade_slots (
     tenant_id TEXT NOT NULL,
+    slot_id TEXT NOT NULL,
     trading_day TEXT NOT NULL,
-    trades INTEGER NOT NULL CHECK (trades >= 0),
-    PRIMARY KEY (tenant_id, trading_day)
+    client_order_id TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, slot_id)
 ) WITHOUT ROWID;
 
--- Portfolio history: one row per ledger trade and user (facts written once, tax part rewritten
+-- Portfolio history: one row per ledger entry and user (facts written once, tax part rewritten
 -- when a late trade changes the lots), the open lots per account and symbol, user settings.
 CREATE TABLE IF NOT EXISTS portfolio_history (
     path TEXT PRIMARY KEY,
@@ -106,22 +127,29 @@ CREATE TABLE IF NOT EXISTS portfolio_settings (
     lot_method TEXT NOT NULL
 );
 
--- qty: filled, signed. pending_qty: signed quantity claimed but not yet filled (see Exposure).
+-- qty: filled and booked, signed. pending_buy_qty / pending_sell_qty: what claimed orders of each
+-- side may still fill (see Exposure); never negative.
 CREATE TABLE IF NOT EXISTS positions (
     tenant_id TEXT NOT NULL,
     broker_account_id TEXT NOT NULL,
     symbol TEXT NOT NULL,
     qty TEXT NOT NULL,
-    pending_qty TEXT NOT NULL DEFAULT '0',
+    pending_buy_qty TEXT NOT NULL DEFAULT '0',
+    pending_sell_qty TEXT NOT NULL DEFAULT '0',
     PRIMARY KEY (tenant_id, broker_account_id, symbol)
 ) WITHOUT ROWID;
 """
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
 def _merge_position_spellings(conn: sqlite3.Connection) -> None:
     """Positions written before symbols were canonical (``BTCUSD`` beside ``BTC/USD``) become one."""
+    columns = "pending_qty" if "pending_qty" in _columns(conn, "positions") else "'0'"
     rows = conn.execute(
-        "SELECT tenant_id, broker_account_id, symbol, qty, pending_qty FROM positions"
+        f"SELECT tenant_id, broker_account_id, symbol, qty, {columns} FROM positions"
     ).fetchall()
     merged: dict[tuple[str, str, str], tuple[Decimal, Decimal]] = {}
     legacy = []
@@ -133,19 +161,51 @@ def _merge_position_spellings(conn: sqlite3.Connection) -> None:
         if canonical != symbol:
             legacy.append((tenant_id, account, symbol))
         key = (tenant_id, account, canonical)
-        held, in_flight = merged.get(key, (Decimal(0), Decimal(0)))
+        held, in_flight = merged.get(key, (_ZERO, _ZERO))
         merged[key] = (held + Decimal(qty), in_flight + Decimal(pending))
     if not legacy:
         return
     conn.executemany(
         "DELETE FROM positions WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?", legacy
     )
-    conn.executemany(
-        "INSERT INTO positions (tenant_id, broker_account_id, symbol, qty, pending_qty) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, broker_account_id, symbol) "
-        "DO UPDATE SET qty = excluded.qty, pending_qty = excluded.pending_qty",
-        [(*key, canonical_decimal(q), canonical_decimal(p)) for key, (q, p) in merged.items()],
-    )
+    for key, (held, in_flight) in merged.items():
+        conn.execute(
+            "INSERT INTO positions (tenant_id, broker_account_id, symbol, qty) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant_id, broker_account_id, symbol) DO UPDATE SET qty = excluded.qty",
+            (*key, canonical_decimal(held)),
+        )
+        if columns == "pending_qty":
+            conn.execute(
+                "UPDATE positions SET pending_qty = ? WHERE tenant_id = ? AND broker_account_id = ? "
+                "AND symbol = ?",
+                (canonical_decimal(in_flight), *key),
+            )
+
+
+def _orders_and_sides(conn: sqlite3.Connection) -> None:
+    """Orders stored with their decisions, in-flight quantity per side, daily-trade slots (the
+    schema above); a signed legacy ``pending_qty`` becomes the in-flight quantity of its side."""
+    decisions = _columns(conn, "decisions")
+    for column, kind in (("order_doc", "TEXT"), ("version", "INTEGER NOT NULL DEFAULT 0"),
+                         ("open", "INTEGER NOT NULL DEFAULT 0"), ("updated_at", "TEXT")):  # fmt: skip
+        if column not in decisions:
+            conn.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
+    positions = _columns(conn, "positions")
+    for column in ("pending_buy_qty", "pending_sell_qty"):
+        if column not in positions:
+            conn.execute(f"ALTER TABLE positions ADD COLUMN {column} TEXT NOT NULL DEFAULT '0'")
+    if "pending_qty" in positions:
+        for tenant_id, account, symbol, pending in conn.execute(
+            "SELECT tenant_id, broker_account_id, symbol, pending_qty FROM positions"
+        ).fetchall():
+            signed = Decimal(pending)
+            conn.execute(
+                "UPDATE positions SET pending_buy_qty = ?, pending_sell_qty = ?, pending_qty = '0' "
+                "WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?",
+                (canonical_decimal(max(signed, _ZERO)), canonical_decimal(max(-signed, _ZERO)),
+                 tenant_id, account, symbol),
+            )  # fmt: skip
+    conn.execute("CREATE INDEX IF NOT EXISTS decisions_open ON decisions (open, updated_at)")
 
 
 def _position_key(result: ExecutionResult) -> tuple[str, str, str]:
@@ -200,6 +260,13 @@ class _Transaction:
             self._lock.release()
 
 
+def _stored(status: str, result: str, order_doc: str | None) -> StoredExecution:
+    order = from_json(ORDERS, order_doc) if order_doc else None
+    if not result and status == _PENDING:
+        return StoredExecution(None, order)  # a claim from before orders were recorded
+    return StoredExecution(from_json(RESULTS, result), order)
+
+
 class SQLiteExecutionStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
@@ -224,9 +291,13 @@ class SQLiteExecutionStore:
     def _migrate(self) -> None:
         """Bring an older file up to date, once (``PRAGMA user_version`` records how far it got)."""
         with self._write() as conn:
-            if conn.execute("PRAGMA user_version").fetchone()[0] < 1:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version < 1:
                 _merge_position_spellings(conn)
-                conn.execute("PRAGMA user_version = 1")
+            if version < 2:
+                _orders_and_sides(conn)
+            if version < 2:
+                conn.execute("PRAGMA user_version = 2")
 
     def __enter__(self) -> SQLiteExecutionStore:
         return self
@@ -243,38 +314,52 @@ class SQLiteExecutionStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def _read_row(self, conn: sqlite3.Connection, tenant_id: str, key: str) -> tuple[str, str] | None:
+    @staticmethod
+    def _read_row(
+        conn: sqlite3.Connection, tenant_id: str, key: str
+    ) -> tuple[str, str, str | None, int] | None:
         path = decision_path(tenant_id, decision_id_for(tenant_id, key))
-        return conn.execute("SELECT status, result FROM decisions WHERE path = ?", (path,)).fetchone()
+        return conn.execute(  # type: ignore[no-any-return]
+            "SELECT status, result, order_doc, version FROM decisions WHERE path = ?", (path,)
+        ).fetchone()
 
-    def get_execution(self, tenant_id: str, idempotency_key: str) -> ExecutionResult | None:
-        """The stored outcome for a key; None when there is none yet (absent, or a claim in flight)."""
+    def get_execution(self, tenant_id: str, idempotency_key: str) -> StoredExecution | None:
         with self._lock:
             row = self._read_row(self._conn, tenant_id, idempotency_key)
-        return from_json(RESULTS, row[1]) if row and row[0] != _PENDING else None
+        return _stored(*row[:3]) if row else None
 
     @staticmethod
     def _read_exposure(
-        conn: sqlite3.Connection, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str
+        conn: sqlite3.Connection,
+        tenant_id: str,
+        broker_account_id: str,
+        symbol: str,
+        trading_day: str,
+        daily_limit: int,
     ) -> Exposure:
         position = conn.execute(
-            "SELECT qty, pending_qty FROM positions "
+            "SELECT qty, pending_buy_qty, pending_sell_qty FROM positions "
             "WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?",
             (tenant_id, broker_account_id, symbol),
         ).fetchone()
-        count = conn.execute(
-            "SELECT trades FROM daily_trade_counts WHERE tenant_id = ? AND trading_day = ?",
-            (tenant_id, trading_day),
-        ).fetchone()
-        return Exposure(
-            position_qty=Decimal(position[0]) if position else Decimal(0),
-            trades_today=count[0] if count else 0,
-            pending_qty=Decimal(position[1]) if position else Decimal(0),
-        )
+        taken = {
+            row[0]
+            for row in conn.execute(
+                "SELECT slot_id FROM daily_trade_slots WHERE tenant_id = ? AND trading_day = ?",
+                (tenant_id, trading_day),
+            )
+        }
+        free = next((n for n in range(daily_limit) if daily_slot_id(trading_day, n) not in taken), None)
+        held, buys, sells = (Decimal(v) for v in position) if position else (_ZERO, _ZERO, _ZERO)
+        return Exposure(held, buys, sells, daily_slot=free, trades_today=len(taken))
 
-    def get_exposure(self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str) -> Exposure:
+    def get_exposure(
+        self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str, daily_limit: int
+    ) -> Exposure:
         with self._lock:
-            return self._read_exposure(self._conn, tenant_id, broker_account_id, symbol, trading_day)
+            return self._read_exposure(
+                self._conn, tenant_id, broker_account_id, symbol, trading_day, daily_limit
+            )
 
     def positions(self, tenant_id: str) -> dict[str, Decimal]:
         with self._lock:
@@ -283,8 +368,27 @@ class SQLiteExecutionStore:
             ).fetchall()
         totals: dict[str, Decimal] = {}
         for symbol, qty in rows:
-            totals[symbol] = totals.get(symbol, Decimal(0)) + Decimal(qty)
+            totals[symbol] = totals.get(symbol, _ZERO) + Decimal(qty)
         return totals
+
+    def in_flight(self, tenant_id: str) -> dict[tuple[str, str], tuple[Decimal, Decimal]]:
+        """(account, symbol) -> (pending buys, pending sells): for operators and invariant checks."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT broker_account_id, symbol, pending_buy_qty, pending_sell_qty FROM positions "
+                "WHERE tenant_id = ?",
+                (tenant_id,),
+            ).fetchall()
+        return {(account, symbol): (Decimal(b), Decimal(s)) for account, symbol, b, s in rows}
+
+    def daily_slots_taken(self, tenant_id: str, trading_day: str) -> int:
+        with self._lock:
+            return int(
+                self._conn.execute(
+                    "SELECT COUNT(*) FROM daily_trade_slots WHERE tenant_id = ? AND trading_day = ?",
+                    (tenant_id, trading_day),
+                ).fetchone()[0]
+            )
 
     def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerEntry | None:
         with self._lock:
@@ -310,9 +414,23 @@ class SQLiteExecutionStore:
 
     def iter_decisions(self, tenant_id: str | None = None) -> Iterator[DecisionRecord]:
         prefix = tenant_collection_path(tenant_id, "decisions") + "/" if tenant_id else None
-        for path, result in self._select_under("decisions", "result", "decided_at", prefix):
-            if result:  # a pending claim is not a decision yet
+        for path, row in self._select_under("decisions", "status || '|' || result", "decided_at", prefix):
+            status, _, result = row.partition("|")
+            if result and status != _PENDING:  # a claim in flight is not a decision yet
                 yield build_decision_record(from_json(RESULTS, result), path.rsplit("/", 1)[1])
+
+    def iter_orders(self, tenant_id: str | None = None, open_only: bool = False) -> Iterator[StoredExecution]:
+        query = "SELECT status, result, order_doc FROM decisions WHERE order_doc IS NOT NULL"
+        params: tuple[str, ...] = ()
+        if open_only:
+            query += " AND open = 1"
+        if tenant_id is not None:
+            query += " AND path >= ? AND path < ?"
+            params = _prefix_range(tenant_collection_path(tenant_id, "decisions") + "/")
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY updated_at, path", params).fetchall()
+        for status, result, order_doc in rows:
+            yield _stored(status, result, order_doc)
 
     # -- writes (each one atomic commit) ---------------------------------------------------
 
@@ -324,109 +442,138 @@ class SQLiteExecutionStore:
             result.tenant_id,
             result.status.value,
             result.decided_at.isoformat(),
-            "" if result.status is ExecutionStatus.PENDING else to_json(RESULTS, result),
+            to_json(RESULTS, result),
         )
 
-    @staticmethod
-    def _put_decision(conn: sqlite3.Connection, row: tuple[str, ...], *, create_only: bool = False) -> bool:
-        """Write a decision row; with ``create_only`` an existing row wins and False is returned."""
-        cursor = conn.execute(
-            "INSERT INTO decisions (path, tenant_id, status, decided_at, result) VALUES (?, ?, ?, ?, ?) "
-            + (
-                "ON CONFLICT (path) DO NOTHING"
-                if create_only
-                else "ON CONFLICT (path) DO UPDATE SET status = excluded.status, result = excluded.result"
-            ),
-            row,
-        )
-        return cursor.rowcount == 1
-
-    def _existing(self, conn: sqlite3.Connection, result: ExecutionResult) -> ExecutionResult | None:
-        row = self._read_row(conn, result.tenant_id, result.idempotency_key)
-        return from_json(RESULTS, row[1]) if row and row[0] != _PENDING else None
-
-    def record_outcome(self, result: ExecutionResult) -> ExecutionResult | None:
-        """An outcome that never reached the broker. First writer wins: a later one gets the stored
-        result, or None while another worker's claim on the key is in flight."""
+    def record_outcome(self, result: ExecutionResult) -> StoredExecution:
+        """An outcome that never reached the broker. First writer wins: a later one gets what is
+        stored (an earlier decision, or a claim in flight)."""
         row = self._decision_row(result)
         with self._write() as conn:
-            if self._put_decision(conn, row, create_only=result.status is not ExecutionStatus.DRY_RUN):
-                return result
-            return self._existing(conn, result)
+            inserted = conn.execute(
+                "INSERT INTO decisions (path, tenant_id, status, decided_at, result) VALUES (?, ?, ?, ?, ?) "
+                + ("ON CONFLICT (path) DO UPDATE SET status = excluded.status, result = excluded.result"
+                   if result.status is ExecutionStatus.DRY_RUN else "ON CONFLICT (path) DO NOTHING"),
+                row,
+            ).rowcount  # fmt: skip
+            if inserted:
+                return StoredExecution(result)
+            existing = self._read_row(conn, result.tenant_id, result.idempotency_key)
+        assert existing is not None
+        return _stored(*existing[:3])
 
     @staticmethod
     def _move_position(
         conn: sqlite3.Connection,
         key: tuple[str, str, str],
-        filled: Decimal,
-        pending: Decimal,
-        current: Exposure | None = None,
+        filled: Decimal = _ZERO,
+        pending_buy: Decimal = _ZERO,
+        pending_sell: Decimal = _ZERO,
     ) -> None:
-        """Add signed ``filled`` to the position (tenant, account, symbol) and signed ``pending``
-        to its in-flight quantity. ``current`` saves the read when the caller has just read the
-        exposure in this transaction."""
-        if current is None:
-            row = conn.execute(
-                "SELECT qty, pending_qty FROM positions WHERE tenant_id = ? AND broker_account_id = ? "
-                "AND symbol = ?",
-                key,
-            ).fetchone()
-            qty, pending_qty = (Decimal(row[0]), Decimal(row[1])) if row else (Decimal(0), Decimal(0))
-        else:
-            qty, pending_qty = current.position_qty, current.pending_qty
+        """Add signed ``filled`` to the position (tenant, account, symbol) and the deltas to its
+        in-flight quantities. An in-flight quantity never goes negative: that would mean an order
+        gave back more than it held, which is refused (and the whole commit with it)."""
+        row = conn.execute(
+            "SELECT qty, pending_buy_qty, pending_sell_qty FROM positions "
+            "WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?",
+            key,
+        ).fetchone()
+        held, buys, sells = (Decimal(v) for v in row) if row else (_ZERO, _ZERO, _ZERO)
+        buys, sells = buys + pending_buy, sells + pending_sell
+        if buys < 0 or sells < 0:
+            raise LedgerIntegrityError(
+                f"in-flight quantity of {key} would go negative (buys {buys}, sells {sells})"
+            )
         conn.execute(
-            "INSERT INTO positions (tenant_id, broker_account_id, symbol, qty, pending_qty) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant_id, broker_account_id, symbol) "
-            "DO UPDATE SET qty = excluded.qty, pending_qty = excluded.pending_qty",
-            (*key, canonical_decimal(qty + filled), canonical_decimal(pending_qty + pending)),
+            "INSERT INTO positions (tenant_id, broker_account_id, symbol, qty, pending_buy_qty, "
+            "pending_sell_qty) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant_id, broker_account_id, symbol) "
+            "DO UPDATE SET qty = excluded.qty, pending_buy_qty = excluded.pending_buy_qty, "
+            "pending_sell_qty = excluded.pending_sell_qty",
+            (*key, canonical_decimal(held + filled), canonical_decimal(buys), canonical_decimal(sells)),
         )
 
-    def claim(self, result: ExecutionResult, trading_day: str, check: RiskCheck) -> Claim:
-        """Check and reserve in one commit: the key, a daily-trade slot and the pending quantity."""
+    @staticmethod
+    def _in_flight_delta(side: Side, qty: Decimal) -> dict[str, Decimal]:
+        return {"pending_buy": qty} if side is Side.BUY else {"pending_sell": qty}
+
+    def claim(
+        self,
+        result: ExecutionResult,
+        order: OrderRecord,
+        trading_day: str,
+        daily_limit: int,
+        check: RiskCheck,
+    ) -> Claim:
+        """Check and reserve in one commit: the key (with its order), a daily-trade slot and the
+        order's quantity in flight on its side."""
         intent = result.intent
+        key = _position_key(result)
+        path = decision_path(result.tenant_id, decision_id_for(result.tenant_id, result.idempotency_key))
+        result_json = to_json(RESULTS, result)
         with self._write() as conn:
-            if self._read_row(conn, result.tenant_id, result.idempotency_key) is not None:
-                return Claim(ClaimOutcome.DUPLICATE, existing=self._existing(conn, result))
-            exposure = self._read_exposure(
-                conn, result.tenant_id, intent.broker_account_id, intent.symbol, trading_day
-            )
+            existing = self._read_row(conn, result.tenant_id, result.idempotency_key)
+            if existing is not None:
+                return Claim(ClaimOutcome.DUPLICATE, stored=_stored(*existing[:3]))
+            exposure = self._read_exposure(conn, *key, trading_day, daily_limit)
             decision = check(exposure)
-            if not decision.approved:
+            if not decision.approved or exposure.daily_slot is None:
                 return Claim(ClaimOutcome.REFUSED, risk=decision)
+            slot = daily_slot_id(trading_day, exposure.daily_slot)
             conn.execute(
-                "INSERT INTO daily_trade_counts (tenant_id, trading_day, trades) VALUES (?, ?, 1) "
-                "ON CONFLICT (tenant_id, trading_day) DO UPDATE SET trades = trades + 1",
-                (result.tenant_id, trading_day),
+                "INSERT INTO daily_trade_slots (tenant_id, slot_id, trading_day, client_order_id) "
+                "VALUES (?, ?, ?, ?)",
+                (result.tenant_id, slot, trading_day, order.client_order_id),
             )
-            self._move_position(
-                conn, _position_key(result), Decimal(0), intent.side.sign * intent.qty, exposure
-            )
-            self._put_decision(conn, self._decision_row(result), create_only=True)
-        return Claim(ClaimOutcome.CLAIMED, risk=decision)
+            self._move_position(conn, key, **self._in_flight_delta(intent.side, intent.qty))
+            claimed = replace(order, slot=slot)
+            conn.execute(
+                "INSERT INTO decisions (path, tenant_id, status, decided_at, result, order_doc, version, "
+                "open, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                (path, result.tenant_id, result.status.value, result.decided_at.isoformat(), result_json,
+                 to_json(ORDERS, claimed), claimed.version, claimed.updated_at.isoformat()),
+            )  # fmt: skip
+        return Claim(ClaimOutcome.CLAIMED, stored=StoredExecution(result, claimed), risk=decision)
 
-    def record_trade(self, result: ExecutionResult, trade: LedgerTrade) -> ExecutionResult:
-        """The ledger row, the position and the final decision: one commit."""
-        order = trade.broker
-        # An order still open after a partial fill keeps its unfilled rest in flight.
-        released = (
-            order.filled_qty if order.status is BrokerOrderStatus.PARTIALLY_FILLED else result.intent.qty
-        )
-        ledger_row = (trade.path, trade.tenant_id, trade.trade_id, trade.executed_at.isoformat(),
-                      to_json(LEDGER_ENTRIES, trade))  # fmt: skip
-        decision_row = self._decision_row(result)
+    def commit_order(self, update: OrderUpdate) -> OrderCommit:
+        result, order = update.result, update.order
+        path = decision_path(result.tenant_id, decision_id_for(result.tenant_id, result.idempotency_key))
+        values = (result.status.value, to_json(RESULTS, result), to_json(ORDERS, order), order.version,
+                  0 if order.state.terminal else 1, order.updated_at.isoformat(), path)  # fmt: skip
+        rows = [(t.path, t.tenant_id, t.trade_id, t.executed_at.isoformat(), to_json(LEDGER_ENTRIES, t))
+                for t in update.trades]  # fmt: skip
+        key = _position_key(result)
         with self._write() as conn:
+            current = conn.execute(
+                "SELECT status, result, order_doc, version FROM decisions WHERE path = ?", (path,)
+            ).fetchone()
+            if current is None or current[3] != update.expected_version:
+                return OrderCommit(False, _stored(*current[:3]) if current else StoredExecution(None))
             try:
-                conn.execute(
+                conn.executemany(
                     "INSERT INTO ledger_trades (path, tenant_id, trade_id, executed_at, document) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    ledger_row,
+                    rows,
                 )
             except sqlite3.IntegrityError as exc:
-                raise LedgerIntegrityError(f"ledger row {trade.path} already exists") from exc
-            sign = trade.side.sign
-            self._move_position(conn, _position_key(result), sign * trade.qty, -sign * released)
-            self._put_decision(conn, decision_row)
-        return result
+                raise LedgerIntegrityError(
+                    f"a ledger row of order {order.client_order_id} exists already"
+                ) from exc
+            release = self._in_flight_delta(order.side, -update.release_in_flight)
+            if update.position_delta or update.release_in_flight:
+                self._move_position(conn, key, update.position_delta, **release)
+            if update.release_slot is not None:
+                deleted = conn.execute(
+                    "DELETE FROM daily_trade_slots WHERE tenant_id = ? AND slot_id = ?",
+                    (result.tenant_id, update.release_slot),
+                ).rowcount
+                if deleted != 1:
+                    raise LedgerIntegrityError(f"daily slot {update.release_slot} is not held")
+            conn.execute(
+                "UPDATE decisions SET status = ?, result = ?, order_doc = ?, version = ?, open = ?, "
+                "updated_at = ? WHERE path = ?",
+                values,
+            )
+        return OrderCommit(True, StoredExecution(result, order))
 
     def record_fee_adjustment(self, adjustment: LedgerFeeAdjustment) -> bool:
         """The adjustment's ledger row and its change to the position, in one commit; False when
@@ -441,22 +588,8 @@ class SQLiteExecutionStore:
                 row,
             ).rowcount
             if inserted:
-                self._move_position(conn, key, adjustment.side.sign * adjustment.qty, Decimal(0))
+                self._move_position(conn, key, adjustment.side.sign * adjustment.qty)
         return inserted == 1
-
-    def settle_claim(self, result: ExecutionResult, trading_day: str) -> ExecutionResult:
-        decision_row = self._decision_row(result)
-        with self._write() as conn:
-            if result.status is ExecutionStatus.FAILED:
-                conn.execute(
-                    "UPDATE daily_trade_counts SET trades = trades - 1 "
-                    "WHERE tenant_id = ? AND trading_day = ? AND trades > 0",
-                    (result.tenant_id, trading_day),
-                )
-                intent = result.intent
-                self._move_position(conn, _position_key(result), Decimal(0), -intent.side.sign * intent.qty)
-            self._put_decision(conn, decision_row)
-        return result
 
     # -- portfolio history and tax lots (PortfolioStore) -------------------------------------
 

@@ -22,8 +22,9 @@ from backend.core.costs import spread_cost
 from backend.core.fees import FeeEstimate
 from backend.core.instruments import AssetClass
 from backend.core.intents import Side
+from backend.core.order_lifecycle import Fill
 from backend.core.orders import BrokerOrder, ExecutionResult, ExecutionStatus
-from backend.core.paths import decision_id_for, decision_path, ledger_trade_path, trade_id_for
+from backend.core.paths import decision_id_for, decision_path, ledger_trade_path
 from backend.core.reasons import ReasonCode
 from backend.core.risk import RiskDecision
 from backend.core.routing import RoutingDecision
@@ -74,6 +75,7 @@ class LedgerTrade:
     fee_amount: Decimal
     fee_components: dict[str, Decimal]
     entry_type: LedgerEntryType = LedgerEntryType.FILL
+    fill_id: str | None = None  # "<client order id>:<cumulative qty after the fill>"
 
 
 def booked_qty(filled_qty: Decimal, side: Side, fees: FeeEstimate, quote_currency: str) -> Decimal:
@@ -83,25 +85,23 @@ def booked_qty(filled_qty: Decimal, side: Side, fees: FeeEstimate, quote_currenc
     return filled_qty
 
 
-def build_ledger_trade(result: ExecutionResult, fees: FeeEstimate | None = None) -> LedgerTrade:
-    """``fees``: what the fill cost in fees (the fee model at the fill price; a broker's fee
-    activity that differs later is booked as a ``LedgerFeeAdjustment``)."""
+def build_fill_trade(result: ExecutionResult, fill: Fill, fees: FeeEstimate | None = None) -> LedgerTrade:
+    """The ledger row of one fill of the result's order. ``fees``: what the fill cost in fees (the
+    fee model at the fill price; a broker's fee activity that differs later is booked as a
+    ``LedgerFeeAdjustment``)."""
     order = result.broker_order
     if result.routing is None or result.risk is None or order is None:
         raise ValueError("a ledger trade needs routing, risk and a broker confirmation")
-    if order.avg_fill_price is None or order.filled_qty <= 0:
-        raise ValueError(f"order {order.order_id} has no fill to record")
-    trade_id = trade_id_for(result.tenant_id, result.idempotency_key)
     intent = result.intent
     instrument = intent.instrument
     fees = fees or FeeEstimate(Decimal(0), instrument.quote_currency, Decimal(0))
-    qty = booked_qty(order.filled_qty, intent.side, fees, instrument.quote_currency)
+    qty = booked_qty(fill.qty, intent.side, fees, instrument.quote_currency)
     if qty <= 0:
-        raise ValueError(f"order {order.order_id}: the fee ({fees.amount} {fees.currency}) exceeds the fill")
+        raise ValueError(f"fill {fill.fill_id}: the fee ({fees.amount} {fees.currency}) exceeds the fill")
     return LedgerTrade(
         schema_version=LEDGER_SCHEMA_VERSION,
-        path=ledger_trade_path(result.tenant_id, trade_id),
-        trade_id=trade_id,
+        path=ledger_trade_path(result.tenant_id, fill.trade_id),
+        trade_id=fill.trade_id,
         tenant_id=result.tenant_id,
         uid=result.uid,
         idempotency_key=result.idempotency_key,
@@ -112,19 +112,20 @@ def build_ledger_trade(result: ExecutionResult, fees: FeeEstimate | None = None)
         quote_currency=instrument.quote_currency,
         side=intent.side,
         qty=qty,
-        price=order.avg_fill_price,
-        notional=instrument.notional(order.filled_qty, order.avg_fill_price),
+        price=fill.price,
+        notional=instrument.notional(fill.qty, fill.price),
         fees=fees.total,
         routing=result.routing,
         risk=result.risk,
         broker=order,
         intent_metadata=dict(intent.metadata),
-        executed_at=order.filled_at or order.submitted_at,
+        executed_at=fill.at,
         multiplier=instrument.multiplier,
-        filled_qty=order.filled_qty,
+        filled_qty=fill.qty,
         fee_currency=fees.currency,
         fee_amount=fees.amount,
         fee_components=dict(fees.components),
+        fill_id=fill.fill_id,
     )
 
 

@@ -83,3 +83,21 @@ def portfolio_lots_path(uid: str, broker_account_id: str, symbol: str) -> str:
 def portfolio_settings_path(uid: str) -> str:
     """Where a user's preferences live, such as the tax-lot method (``lot_method``)."""
     return f"users/{_segment(uid, 'uid')}/portfolio/settings"
+
+
+def daily_slot_id(trading_day: str, slot: int) -> str:
+    """Slot ``slot`` of a tenant's daily trade limit: ``{day}~{slot:04d}``, written once per trade."""
+    return f"{_segment(trading_day, 'day')}~{slot:04d}"
+
+
+def daily_slot_path(tenant_id: str, slot_id: str) -> str:
+    return f"tenants/{_segment(tenant_id, 'tenant_id')}/daily_trade_slots/{_segment(slot_id, 'slot_id')}"
+
+
+def slot_probe_order(tenant_id: str, idempotency_key: str, daily_limit: int) -> list[int]:
+    """The order in which a claim tries the day's slots: from a start spread by the key, so that
+    concurrent claims rarely try the same slot first (no slot is a hot document)."""
+    if daily_limit <= 0:
+        return []
+    start = int(_digest(tenant_id, idempotency_key)[:8], 16) % daily_limit
+    return [(start + offset) % daily_limit for offset in range(daily_limit)]

@@ -30,6 +30,10 @@ class ReasonCode(StrEnum):
     BROKER_REJECTED = "BROKER_REJECTED"
     BROKER_ERROR = "BROKER_ERROR"
     BROKER_OUTCOME_UNKNOWN = "BROKER_OUTCOME_UNKNOWN"
+    ORDER_CANCELED = "ORDER_CANCELED"  # the broker canceled it before anything filled
+    ORDER_EXPIRED = "ORDER_EXPIRED"  # its time in force ran out before anything filled
+    NEVER_PLACED = "NEVER_PLACED"  # proven absent at the broker after the reconcile window: released
+    INTENT_EXPIRED = "INTENT_EXPIRED"  # too old to send again after a lost submit: released
     IN_FLIGHT = "IN_FLIGHT"
     DRY_RUN = "DRY_RUN"
 

@@ -42,15 +42,20 @@ class RiskLimits:
 
 @dataclass(frozen=True, slots=True)
 class Exposure:
-    """What the tenant holds and has done today, read from the store by the caller.
+    """What the tenant holds and may still trade today, read from the store by the caller.
 
-    ``pending_qty`` is the signed quantity of orders claimed but not yet filled: counted against the
-    position limit so that concurrent workers cannot each use the same headroom.
+    ``pending_buy_qty`` / ``pending_sell_qty`` are the unfilled quantities of orders claimed and not
+    yet done, per side (never netted: an in-flight sell lends no headroom to a buy). They count
+    against the position limit in the worst case, so concurrent workers cannot spend the same
+    headroom. ``daily_slot`` is a free daily-trade slot the claim would take (None: every slot of
+    the day is taken); ``trades_today`` is how many are taken, where the store knows it exactly.
     """
 
     position_qty: Decimal = Decimal(0)
-    trades_today: int = 0
-    pending_qty: Decimal = Decimal(0)
+    pending_buy_qty: Decimal = Decimal(0)
+    pending_sell_qty: Decimal = Decimal(0)
+    daily_slot: int | None = 0
+    trades_today: int | None = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +82,18 @@ _REFUSAL_CODES = {
 
 
 def _positions(intent: OrderIntent, exposure: Exposure) -> tuple[Decimal, Decimal]:
-    """(current incl. in flight, resulting) position in the instrument's units."""
-    current = exposure.position_qty + exposure.pending_qty
-    return current, current + intent.qty if intent.side is Side.BUY else current - intent.qty
+    """(current, resulting) position in the instrument's units, in the worst case on the intent's
+    side: every in-flight order of that side fills, none of the other side does."""
+    if intent.side is Side.BUY:
+        current = exposure.position_qty + exposure.pending_buy_qty
+        return current, current + intent.qty
+    current = exposure.position_qty - exposure.pending_sell_qty
+    return current, current - intent.qty
+
+
+def _in_flight(exposure: Exposure, side: Side) -> str:
+    pending = exposure.pending_buy_qty if side is Side.BUY else exposure.pending_sell_qty
+    return f" incl. {pending} in flight" if pending else ""
 
 
 def _position_check(intent: OrderIntent, exposure: Exposure, limits: RiskLimits) -> RiskCheck:
@@ -88,9 +102,21 @@ def _position_check(intent: OrderIntent, exposure: Exposure, limits: RiskLimits)
     # A trade that shrinks the position is always allowed: refusing it would trap the risk.
     reduces = abs(resulting) < abs(current)
     passed = reduces or abs(resulting) <= limit
-    pending = f" incl. {exposure.pending_qty} in flight" if exposure.pending_qty else ""
-    detail = f"position {current}{pending} -> {resulting} (limit {limit})"
+    detail = f"position {current}{_in_flight(exposure, intent.side)} -> {resulting} (limit {limit})"
     return RiskCheck("max_position_qty", passed, detail)
+
+
+def _daily_check(exposure: Exposure, limits: RiskLimits) -> RiskCheck:
+    limit = limits.max_daily_trades
+    if exposure.trades_today is not None:
+        detail = f"{exposure.trades_today} trades today (limit {limit})"
+    else:
+        detail = (
+            f"a free daily trade slot (limit {limit})"
+            if exposure.daily_slot is not None
+            else (f"every daily trade slot is taken (limit {limit})")
+        )
+    return RiskCheck("max_daily_trades", exposure.daily_slot is not None and limit > 0, detail)
 
 
 def _notional_check(
@@ -125,13 +151,7 @@ def check_risk(
     notional_limit = limits.notional_limit_for(intent.asset_class)
     if notional_limit is not None:
         checks.append(_notional_check(intent, exposure, notional_limit, mark_price))
-    checks.append(
-        RiskCheck(
-            "max_daily_trades",
-            exposure.trades_today < limits.max_daily_trades,
-            f"{exposure.trades_today} trades today (limit {limits.max_daily_trades})",
-        )
-    )
+    checks.append(_daily_check(exposure, limits))
     for check in checks:
         if not check.passed:
             return RiskDecision(

@@ -1,21 +1,33 @@
-"""ExecutionEngine: intent received -> smart routing -> risk -> claim -> broker -> ledger.
+"""ExecutionEngine: intent received -> smart routing -> risk -> claim -> broker -> order updates.
 
 This module is the seed's public entry point: every name the seed imports from
 ``backend.execution.engine`` is importable here, wherever it is implemented.
 
-Exactly-once on top of at-least-once delivery: each intent has an idempotency key. A key that
-already has an outcome returns that outcome (``replayed=True``) without routing again. Before the
-broker is called the key is *claimed* in the store (create-only, together with the daily trade
-count), so two workers racing on one key make one order, and the broker receives a client order id
-derived from the key, so even a lost answer cannot turn into a second order.
+Exactly once on top of at-least-once delivery, in both directions:
+
+- **Sending.** Each intent has an idempotency key. Before the broker is called the key is
+  *claimed* (create-only, with a daily-trade slot and the order's quantity in flight, risk checked
+  on what that same commit read), so two workers racing on one key make one order; the broker gets
+  a client order id derived from the key, so even a lost answer cannot become a second order.
+- **Recording.** The claim holds a *lease*. Everything after it is an order transition
+  (``backend.core.order_lifecycle``) applied as a compare-and-set on the stored order's version,
+  together with the ledger rows of its new fills, the position, and what it gives back (in-flight
+  quantity, the daily slot). A delivery that finds an order not yet final settles it: a live lease
+  means another worker is sending (pending); otherwise the broker is asked by client order id, and
+  only its answer — or its proven absence after the reconcile window — moves the order on
+  (absent: re-priced on a fresh quote and re-sent under the *same* client order id while the
+  intent is fresh and still passes the gate, else released).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -26,16 +38,34 @@ from backend.adapters.alpaca import AlpacaBroker  # the SDK loads when a broker 
 from backend.core.fees import FeeSchedule, estimate_fees
 from backend.core.instruments import AssetClass
 from backend.core.intents import OrderIntent, Side
-from backend.core.ledger import LedgerTrade, build_ledger_trade
+from backend.core.ledger import LedgerTrade, build_fill_trade
+from backend.core.order_lifecycle import (
+    Fill,
+    Lease,
+    LeaseTaken,
+    OrderEvent,
+    OrderRecord,
+    OrderState,
+    Refusal,
+    Released,
+    SubmitRefused,
+    SubmitSent,
+    SubmitUnknown,
+    apply,
+    claimed_order,
+    transition_effects,
+)
 from backend.core.orders import (
+    IN_FLIGHT_REASON,
     BrokerOrder,
     BrokerOrderStatus,
     ExecutionResult,
     ExecutionStatus,
     OrderRequest,
     OrderType,
+    order_outcome,
 )
-from backend.core.paths import client_order_id_for, ledger_trade_path, trade_id_for
+from backend.core.paths import client_order_id_for, ledger_trade_path
 from backend.core.quotes import Quote
 from backend.core.reasons import ReasonCode
 from backend.core.risk import Exposure, RiskDecision, RiskLimits, check_risk
@@ -48,8 +78,11 @@ from backend.execution.ports import (
     ClaimOutcome,
     Clock,
     ExecutionStore,
+    LedgerIntegrityError,
     MarketDataProvider,
+    OrderUpdate,
     PortfolioStore,
+    StoredExecution,
     SystemClock,
 )
 from backend.execution.risk_manager import RiskManager
@@ -72,6 +105,7 @@ __all__ = [
     "MarketDataProvider",
     "OrderIntent",
     "OrderRequest",
+    "OrderState",
     "OrderType",
     "Quote",
     "ReasonCode",
@@ -86,8 +120,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("msr.execution")
-
-IN_FLIGHT_REASON = "Another worker holds this idempotency key and is calling the broker"
 
 
 def log_intent_received(intent: OrderIntent, tenant_id: str, idempotency_key: str) -> None:
@@ -165,10 +197,12 @@ class ExecutionEngine:
         settings: ExecSettings | None = None,
         portfolio: PortfolioStore | None = None,
         fee_schedule: FeeSchedule | None = None,
+        worker_id: str | None = None,
     ) -> None:
         """``portfolio``: fan each ledger row out to the user's history right after it is written
         (local runs). Leave it None where a Firestore trigger does the fan-out. Without a ``store``
-        the configured one is used (``EXEC_STORE``, ``EXEC_FANOUT``; see ``build_stores``)."""
+        the configured one is used (``EXEC_STORE``, ``EXEC_FANOUT``; see ``build_stores``).
+        ``worker_id`` names this engine as the holder of the leases it takes."""
         self.settings = settings or load_settings()
         self.broker = broker
         self.router = router
@@ -184,6 +218,19 @@ class ExecutionEngine:
         self.portfolio = portfolio
         self.fee_schedule = fee_schedule or self.settings.fee_schedule_config()
         self.clock = clock or router.clock or SystemClock()
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.lease_seconds)
+
+    @property
+    def reconcile_after(self) -> timedelta:
+        return timedelta(seconds=self.settings.reconcile_after_seconds)
+
+    @property
+    def intent_ttl(self) -> timedelta:
+        return timedelta(seconds=self.settings.intent_ttl_seconds)
 
     def execute_intent(
         self, intent: OrderIntent | Mapping[str, Any], quote: Quote | None = None
@@ -195,11 +242,9 @@ class ExecutionEngine:
         key = intent.resolved_idempotency_key()
         log_intent_received(intent, tenant_id, key)
 
-        existing = self.store.get_execution(tenant_id, key)
-        if existing is not None:
-            if existing.status is ExecutionStatus.UNKNOWN:
-                return self.reconcile(existing)
-            return self._replay(existing)
+        stored = self.store.get_execution(tenant_id, key)
+        if stored is not None:
+            return self._existing(stored, intent, quote)
 
         now = self.clock.now()
         if self.enable_smart_routing:
@@ -219,7 +264,7 @@ class ExecutionEngine:
         trading_day = now.date().isoformat()
         if self.dry_run:
             exposure = self.store.get_exposure(
-                tenant_id, intent.broker_account_id, intent.symbol, trading_day
+                tenant_id, intent.broker_account_id, intent.symbol, trading_day, self._daily_limit()
             )
             draft.risk = self.risk.evaluate(intent, exposure, routing.mid_price)
             if not draft.risk.approved:
@@ -231,42 +276,86 @@ class ExecutionEngine:
             )
         return self._place(draft, trading_day)
 
-    def reconcile(self, unknown: ExecutionResult) -> ExecutionResult:
-        """Settle an ``unknown`` outcome by asking the broker for the client order id.
-
-        Found: recorded as the broker reports it (a fill reaches the ledger). Not found after
-        ``EXEC_RECONCILE_AFTER_SECONDS``: it was never placed (``failed``; the daily slot and the
-        quantity are released). Otherwise it stays unknown and a later retry asks again.
-        """
-        draft = _Draft(
-            unknown.intent, unknown.tenant_id, unknown.uid, unknown.idempotency_key, unknown.decided_at,
-            unknown.routing,  # type: ignore[arg-type]
-        )  # fmt: skip
-        draft.risk = unknown.risk
-        draft.estimated_fees = unknown.estimated_fees
-        trading_day = unknown.decided_at.date().isoformat()
-        client_order_id = client_order_id_for(unknown.tenant_id, unknown.idempotency_key)
+    def settle(self, stored: StoredExecution, quote: Quote | None = None) -> ExecutionResult:
+        """Move an order that is not final on, from the broker's own answer (a delivery of its
+        intent, or a sweeper, calls this). A live lease: another worker is sending, nothing to do.
+        Otherwise the broker is asked by client order id; found, its report is applied; not found,
+        nothing is concluded until the reconcile window has passed (evidence is not authority),
+        then the order is re-sent under the same client order id or released."""
+        if stored.result is None or stored.order is None or stored.order.state.terminal:
+            return self._answer(stored)
+        order, now = stored.order, self.clock.now()
+        if order.state is OrderState.CLAIMED and not order.lease_expired(now):
+            return self._answer(stored)
         try:
-            order = self.broker.get_order_by_client_order_id(client_order_id)
-        except Exception:  # noqa: BLE001 - still unknown; the next retry asks again
-            log_event(logger, "exec.reconcile_failed", "Reconciliation lookup failed", logging.WARNING,
-                      exc_info=True, idempotency_key=unknown.idempotency_key)  # fmt: skip
-            return self._replay(unknown)
-        if order is not None:
-            log_event(logger, "exec.reconciled", f"Broker has {client_order_id}: {order.status.value}",
-                      idempotency_key=unknown.idempotency_key, broker_order_id=order.order_id)  # fmt: skip
-            return self._record_order(draft, order, trading_day)
-        waited = (self.clock.now() - unknown.decided_at).total_seconds()
-        if waited < self.settings.reconcile_after_seconds:
-            return self._replay(unknown)
-        never_placed = draft.result(
-            ExecutionStatus.FAILED,
-            ReasonCode.BROKER_REJECTED,
-            f"Reconciled: no order {client_order_id} at the broker after {waited:.0f}s; never placed",
-        )
-        return self._settle(never_placed, trading_day, "exec.order_failed")
+            found = self.broker.get_order_by_client_order_id(order.client_order_id)
+        except Exception:  # noqa: BLE001 - the lookup failing is no evidence either way: ask again later
+            log_event(
+                logger,
+                "exec.reconcile_failed",
+                "Broker lookup by client order id failed",
+                logging.WARNING,
+                exc_info=True,
+                idempotency_key=order.idempotency_key,
+                client_order_id=order.client_order_id,
+            )
+            return self._answer(stored)
+        if found is not None:
+            return self._commit(stored, [found.report(self.clock.now())], found)
+        if order.state.resting:
+            log_event(
+                logger,
+                "exec.order_missing_at_broker",
+                f"The broker no longer reports order {order.client_order_id}; kept as {order.state.value}",
+                logging.ERROR,
+                idempotency_key=order.idempotency_key,
+                client_order_id=order.client_order_id,
+            )
+            return self._answer(stored)
+        if now < order.updated_at + self.reconcile_after:
+            return self._answer(stored)
+        return self._resend_or_release(stored, quote)
 
     # -- outcomes ----------------------------------------------------------------------------
+
+    def _existing(self, stored: StoredExecution, intent: OrderIntent, quote: Quote | None) -> ExecutionResult:
+        if stored.result is None:
+            stored = self._adopt_claim(stored, intent)
+        if stored.settled:
+            return self._replay(stored.result)  # type: ignore[arg-type]
+        return self.settle(stored, quote)
+
+    def _adopt_claim(self, stored: StoredExecution, intent: OrderIntent) -> StoredExecution:
+        """A claim written before orders were recorded carries no order: give it one, as the
+        unsettled order it is (its in-flight quantity was reserved; it holds no slot)."""
+        tenant_id = intent.tenant_id or self.settings.tenant_id
+        key = intent.resolved_idempotency_key()
+        now = self.clock.now()
+        order = OrderRecord(
+            client_order_id=client_order_id_for(tenant_id, key),
+            tenant_id=tenant_id,
+            idempotency_key=key,
+            side=intent.side,
+            qty=intent.qty,
+            state=OrderState.UNKNOWN,
+            version=0,
+            claimed_at=now,
+            updated_at=now,
+            reason="claimed before orders were recorded",
+        )
+        draft = _Draft(
+            intent, tenant_id, intent.uid or self.settings.uid, key, now, self.router.bypass(intent)
+        )
+        draft.risk = RiskDecision(True, ReasonCode.OK, "Approved when claimed", ())
+        template = draft.result(ExecutionStatus.UNKNOWN, ReasonCode.BROKER_OUTCOME_UNKNOWN, order.reason)
+        return StoredExecution(template, order)
+
+    def _answer(self, stored: StoredExecution) -> ExecutionResult:
+        """What is stored, as of now (a lease may have expired since it was written)."""
+        assert stored.result is not None
+        if stored.order is None:
+            return self._replay(stored.result)
+        return self._replay(self._result_for(stored.result, stored.order, stored.result.broker_order))
 
     def _replay(self, existing: ExecutionResult) -> ExecutionResult:
         replayed = replace(existing, replayed=True)
@@ -275,52 +364,72 @@ class ExecutionEngine:
 
     def _finish_without_order(self, result: ExecutionResult) -> ExecutionResult:
         stored = self.store.record_outcome(result)
-        if stored is None:
-            return self._replay(_in_flight(result))
-        if stored is not result:
-            return self._replay(stored)
+        if stored.result is not result:
+            return self._answer(stored) if stored.result is not None else self._replay(result)
         if result.status is ExecutionStatus.REJECTED and result.risk is not None:
             _log_outcome("exec.risk_rejected", result, logging.WARNING)
         elif result.status is ExecutionStatus.DRY_RUN:
             _log_outcome("exec.dry_run", result)
         return result
 
-    def _place(self, draft: _Draft, trading_day: str) -> ExecutionResult:
-        """Risk is checked inside the claim, atomically with reserving the key, the daily slot and
-        the quantity: two workers cannot both spend the same headroom."""
-        intent = draft.intent
-        request = OrderRequest(
-            client_order_id=client_order_id_for(draft.tenant_id, draft.key),
+    def _daily_limit(self) -> int:
+        return self.risk.limits.max_daily_trades
+
+    def _request(self, result: ExecutionResult) -> OrderRequest:
+        intent = result.intent
+        return OrderRequest(
+            client_order_id=client_order_id_for(result.tenant_id, result.idempotency_key),
             broker_account_id=intent.broker_account_id,
             symbol=intent.symbol,
             side=intent.side,
             qty=intent.qty,
             asset_class=intent.asset_class,
         )
+
+    def _place(self, draft: _Draft, trading_day: str) -> ExecutionResult:
+        """Risk is checked inside the claim, atomically with reserving the key, a daily slot and
+        the quantity: two workers cannot both spend the same headroom."""
+        intent = draft.intent
+        pending = draft.result(ExecutionStatus.PENDING, ReasonCode.IN_FLIGHT, IN_FLIGHT_REASON)
+        request = self._request(pending)
         refusal = self.broker.check(request)
         if refusal is not None:
             code, reason = refusal
             _log_venue_refusal(draft, code, reason)
             return self._finish_without_order(draft.result(ExecutionStatus.REJECTED, code, reason))
-        pending = draft.result(ExecutionStatus.PENDING, ReasonCode.IN_FLIGHT, IN_FLIGHT_REASON)
-        claim = self.store.claim(
-            pending,
-            trading_day,
-            partial(self.risk.evaluate, draft.intent, mark_price=draft.routing.mid_price),
+        order = claimed_order(
+            request.client_order_id,
+            draft.tenant_id,
+            draft.key,
+            intent.side,
+            intent.qty,
+            draft.now,
+            Lease(self.worker_id, draft.now + self.lease),
         )
+        pending = replace(pending, order_state=order.state)
+        check = partial(self.risk.evaluate, intent, mark_price=draft.routing.mid_price)
+        claim = self.store.claim(pending, order, trading_day, self._daily_limit(), check)
         if claim.outcome is ClaimOutcome.DUPLICATE:
-            return self._replay(claim.existing or pending)
+            assert claim.stored is not None
+            return self._existing(claim.stored, intent, None)
         draft.risk = claim.risk
         if claim.outcome is ClaimOutcome.REFUSED:
             return self._finish_without_order(draft.risk_refusal())
+        assert claim.stored is not None
+        assert claim.stored.result is not None
+        claimed = StoredExecution(replace(claim.stored.result, risk=claim.risk), claim.stored.order)
+        return self._submit(claimed, request)
 
+    def _submit(self, stored: StoredExecution, request: OrderRequest) -> ExecutionResult:
+        """Send under the order's client order id; whatever happens becomes events of the order."""
+        events: list[OrderEvent] = [SubmitSent(self.clock.now())]
+        broker_order = None
         try:
-            order = self.broker.submit_order(request)
+            broker_order = self.broker.submit_order(request)
         except BrokerRejectedError as exc:
-            failed = draft.result(ExecutionStatus.FAILED, exc.code, f"Broker refused: {exc}")
-            return self._settle(failed, trading_day, "exec.order_failed")
+            events.append(SubmitRefused(self.clock.now(), f"Broker refused: {exc}", exc.code))
         except BrokerOutcomeUnknownError as exc:
-            return self._settle(draft.unknown(exc), trading_day, "exec.order_unknown")
+            events.append(SubmitUnknown(self.clock.now(), f"{type(exc).__name__}: {exc}"))
         except Exception as exc:  # noqa: BLE001 - an unclassified error may follow a sent order
             log_event(
                 logger,
@@ -328,51 +437,169 @@ class ExecutionEngine:
                 f"Broker raised {type(exc).__name__}; outcome treated as unknown",
                 logging.ERROR,
                 exc_info=True,
-                idempotency_key=draft.key,
+                idempotency_key=request.client_order_id,
             )
-            return self._settle(draft.unknown(exc), trading_day, "exec.order_unknown")
-        return self._record_order(draft, order, trading_day)
+            events.append(SubmitUnknown(self.clock.now(), f"{type(exc).__name__}: {exc}"))
+        else:
+            events.append(broker_order.report(self.clock.now()))
+        return self._commit(stored, events, broker_order)
 
-    def _record_order(self, draft: _Draft, order: BrokerOrder, trading_day: str) -> ExecutionResult:
-        if order.status in (BrokerOrderStatus.REJECTED, BrokerOrderStatus.CANCELED) and order.filled_qty == 0:
-            failed = draft.result(
-                ExecutionStatus.FAILED,
-                ReasonCode.BROKER_REJECTED,
-                f"Broker {order.status.value} the order: {order.message or 'no reason given'}",
-                broker_order=order,
+    def _resend_or_release(self, stored: StoredExecution, quote: Quote | None) -> ExecutionResult:
+        """The broker has no such order after the reconcile window: take the lease, then either
+        send again under the same client order id (the intent is fresh, trading is on, and a fresh
+        quote still passes the gate) or release what the order holds."""
+        assert stored.result is not None
+        assert stored.order is not None
+        now = self.clock.now()
+        taken = apply(stored.order, LeaseTaken(now, Lease(self.worker_id, now + self.lease)))
+        if isinstance(taken, Refusal):
+            return self._answer(stored)
+        update = OrderUpdate(replace(stored.result, order_state=taken.state), taken, stored.order.version)
+        commit = self.store.commit_order(update)
+        if not commit.committed:
+            return self._answer(commit.stored) if commit.stored.result is not None else self._answer(stored)
+        held = StoredExecution(update.result, taken)
+        intent = stored.result.intent
+        why = self._why_not_resend(stored.result, now)
+        routing = None
+        if why is None:
+            routing = (
+                self.router.analyze_intent(intent)
+                if self.enable_smart_routing
+                else self.router.bypass(intent)
             )
-            return self._settle(failed, trading_day, "exec.order_failed")
-        if order.filled_qty <= 0:
-            # Accepted, nothing filled yet: the ledger row is written when a fill is known.
-            reason = f"Order {order.status.value}: {order.qty} {order.symbol}, not filled yet"
-            accepted = draft.result(ExecutionStatus.PLACED, ReasonCode.OK, reason, broker_order=order)
-            return self._settle(accepted, trading_day, "exec.order_placed")
-        reason = f"Order {order.status.value}: {order.filled_qty} {order.symbol} @ {order.avg_fill_price}"
-        trade_id = trade_id_for(draft.tenant_id, draft.key)
-        placed = draft.result(
-            ExecutionStatus.PLACED,
-            ReasonCode.OK,
-            reason,
-            broker_order=order,
-            trade_id=trade_id,
-            ledger_path=ledger_trade_path(draft.tenant_id, trade_id),
+            log_smart_routing(routing, stored.result.idempotency_key)
+            if not routing.should_execute:
+                why = (
+                    routing.reason_code,
+                    f"Re-priced on a fresh quote before sending again: {routing.reason}",
+                )
+        if why is not None:
+            code, reason = why
+            return self._commit(held, [Released(now, reason, code)], None)
+        log_event(
+            logger,
+            "exec.order_resent",
+            f"No order {taken.client_order_id} at the broker after "
+            f"{self.reconcile_after.total_seconds():g}s: sending again under the same client order id",
+            logging.WARNING,
+            idempotency_key=taken.idempotency_key,
+            client_order_id=taken.client_order_id,
         )
-        fees = estimate_fees(
-            placed.intent.instrument, order.side, order.filled_qty, order.avg_fill_price or Decimal(0),
-            self.fee_schedule,
-        )  # fmt: skip
-        trade = build_ledger_trade(placed, fees)
-        self.store.record_trade(placed, trade)
-        _log_outcome("exec.order_placed", placed)
-        if self.portfolio is not None:
-            _fan_out(trade, self.portfolio)
-        return placed
+        repriced = StoredExecution(replace(update.result, routing=routing), taken)
+        return self._submit(repriced, self._request(update.result))
 
-    def _settle(self, result: ExecutionResult, trading_day: str, event: str) -> ExecutionResult:
-        self.store.settle_claim(result, trading_day)
-        severity = logging.INFO if result.status is ExecutionStatus.PLACED else logging.ERROR
-        _log_outcome(event, result, severity)
+    def _why_not_resend(self, result: ExecutionResult, now: datetime) -> tuple[ReasonCode, str] | None:
+        if self.risk.limits.kill_switch:
+            return ReasonCode.KILL_SWITCH, "Released: the kill switch is engaged"
+        if now - result.decided_at > self.intent_ttl:
+            age = (now - result.decided_at).total_seconds()
+            return ReasonCode.INTENT_EXPIRED, f"Released: never placed, and the intent is {age:.0f}s old"
+        return None
+
+    def _result_for(
+        self, template: ExecutionResult, order: OrderRecord, broker_order: BrokerOrder | None
+    ) -> ExecutionResult:
+        status, code, reason = order_outcome(order, template.intent.symbol, self.clock.now())
+        first = order.fills[0].trade_id if order.fills else None
+        return replace(
+            template,
+            status=status,
+            reason_code=code,
+            reason=reason,
+            broker_order=broker_order or template.broker_order,
+            trade_id=first,
+            ledger_path=ledger_trade_path(template.tenant_id, first) if first else None,
+            order_state=order.state,
+            trade_ids=tuple(fill.trade_id for fill in order.fills),
+            replayed=False,
+        )
+
+    def _fill_trades(self, result: ExecutionResult, fills: tuple[Fill, ...]) -> tuple[LedgerTrade, ...]:
+        instrument = result.intent.instrument
+        return tuple(
+            build_fill_trade(
+                result,
+                fill,
+                estimate_fees(instrument, result.intent.side, fill.qty, fill.price, self.fee_schedule),
+            )
+            for fill in fills
+        )
+
+    def _commit(
+        self, stored: StoredExecution, events: list[OrderEvent], broker_order: BrokerOrder | None
+    ) -> ExecutionResult:
+        """Apply ``events`` to the stored order and commit the transition over its version."""
+        assert stored.result is not None
+        assert stored.order is not None
+        before = after = stored.order
+        for event in events:
+            step = apply(after, event)
+            if isinstance(step, Refusal):
+                log_event(
+                    logger,
+                    "exec.event_refused",
+                    f"{type(event).__name__} not applied: {step.reason}",
+                    logging.WARNING,
+                    idempotency_key=before.idempotency_key,
+                    client_order_id=before.client_order_id,
+                    state=after.state.value,
+                )
+                continue
+            after = step
+        if after == before:
+            return self._answer(stored)
+        effects = transition_effects(before, after)
+        result = self._result_for(stored.result, after, broker_order)
+        trades = self._fill_trades(result, effects.new_fills)
+        update = OrderUpdate(
+            result=result,
+            order=after,
+            expected_version=before.version,
+            trades=trades,
+            position_delta=sum((t.side.sign * t.qty for t in trades), Decimal(0)),
+            release_in_flight=effects.release_in_flight,
+            release_slot=effects.release_slot,
+        )
+        try:
+            commit = self.store.commit_order(update)
+        except LedgerIntegrityError:
+            log_event(
+                logger,
+                "exec.integrity_error",
+                f"Order {after.client_order_id}: the store refused the update",
+                logging.ERROR,
+                exc_info=True,
+                idempotency_key=after.idempotency_key,
+            )
+            raise
+        if not commit.committed:
+            log_event(
+                logger,
+                "exec.order_conflict",
+                f"Order {after.client_order_id} moved on meanwhile",
+                idempotency_key=after.idempotency_key,
+                client_order_id=after.client_order_id,
+            )
+            return self._answer(commit.stored) if commit.stored.result is not None else self._answer(stored)
+        _log_order(result, before, after)
+        if self.portfolio is not None:
+            for trade in trades:
+                _fan_out(trade, self.portfolio)
         return result
+
+
+def _log_order(result: ExecutionResult, before: OrderRecord, after: OrderRecord) -> None:
+    if result.status is ExecutionStatus.PLACED:
+        event = "exec.order_placed" if before.state in _UNSETTLED_STATES else "exec.order_updated"
+        _log_outcome(event, result)
+    elif result.status is ExecutionStatus.UNKNOWN:
+        _log_outcome("exec.order_unknown", result, logging.ERROR)
+    elif result.status is ExecutionStatus.FAILED:
+        _log_outcome("exec.order_failed", result, logging.ERROR)
+
+
+_UNSETTLED_STATES = (OrderState.CLAIMED, OrderState.SUBMITTED, OrderState.UNKNOWN)
 
 
 def _log_venue_refusal(draft: _Draft, code: ReasonCode, reason: str) -> None:
@@ -418,15 +645,6 @@ def _validated_intent(raw: Mapping[str, Any]) -> OrderIntent:
         raise
 
 
-def _in_flight(result: ExecutionResult) -> ExecutionResult:
-    return replace(
-        result,
-        status=ExecutionStatus.PENDING,
-        reason_code=ReasonCode.IN_FLIGHT,
-        reason=IN_FLIGHT_REASON,
-    )
-
-
 class _Draft:
     """What the engine knows about one intent so far; each outcome is built from it exactly once."""
 
@@ -444,15 +662,7 @@ class _Draft:
         self.risk: RiskDecision | None = None
         self.estimated_fees: Decimal | None = None
 
-    def result(
-        self,
-        status: ExecutionStatus,
-        reason_code: ReasonCode,
-        reason: str,
-        broker_order: BrokerOrder | None = None,
-        trade_id: str | None = None,
-        ledger_path: str | None = None,
-    ) -> ExecutionResult:
+    def result(self, status: ExecutionStatus, reason_code: ReasonCode, reason: str) -> ExecutionResult:
         return ExecutionResult(
             status=status,
             reason_code=reason_code,
@@ -464,19 +674,9 @@ class _Draft:
             decided_at=self.now,
             routing=self.routing,
             risk=self.risk,
-            broker_order=broker_order,
-            trade_id=trade_id,
-            ledger_path=ledger_path,
             estimated_fees=self.estimated_fees,
         )
 
     def risk_refusal(self) -> ExecutionResult:
         assert self.risk is not None
         return self.result(ExecutionStatus.REJECTED, self.risk.reason_code, self.risk.reason)
-
-    def unknown(self, exc: BaseException) -> ExecutionResult:
-        return self.result(
-            ExecutionStatus.UNKNOWN,
-            ReasonCode.BROKER_OUTCOME_UNKNOWN,
-            f"Broker outcome unknown ({type(exc).__name__}: {exc}); reconcile by client order id",
-        )

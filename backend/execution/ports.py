@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from backend.core.instruments import AssetClass, detect_asset_class
 from backend.core.ledger import DecisionRecord, LedgerEntry, LedgerFeeAdjustment, LedgerTrade
+from backend.core.order_lifecycle import OrderRecord
 from backend.core.orders import BrokerOrder, ExecutionResult, OrderRequest
 from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade
 from backend.core.quotes import Quote, require_utc
@@ -119,17 +120,60 @@ class LedgerIntegrityError(RuntimeError):
     """A write that the ledger's invariants forbid (a second row for one trade id)."""
 
 
+@dataclass(frozen=True, slots=True)
+class StoredExecution:
+    """What the store holds for one idempotency key: the decision's result and, for an intent that
+    reached the claim, its order (whose ``version`` every update must name). ``result`` is None only
+    for a claim written before orders were recorded (its order is rebuilt from the intent)."""
+
+    result: ExecutionResult | None
+    order: OrderRecord | None = None
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more will happen to it: no order, or an order in a final state."""
+        return self.result is not None and (self.order is None or self.order.state.terminal)
+
+
 class ClaimOutcome(StrEnum):
     CLAIMED = "claimed"
-    DUPLICATE = "duplicate"  # the key has an outcome (``existing``) or another worker holds it
+    DUPLICATE = "duplicate"  # the key has a decision or an order already (``stored``)
     REFUSED = "refused"  # the risk check, run inside the claim, said no (``risk``)
 
 
 @dataclass(frozen=True, slots=True)
 class Claim:
     outcome: ClaimOutcome
-    existing: ExecutionResult | None = None
+    stored: StoredExecution | None = (
+        None  # CLAIMED: the new claim (its order holds the slot); DUPLICATE: what was there
+    )
     risk: RiskDecision | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """One transition of an order, applied only over ``expected_version`` (compare-and-set), with
+    everything it changes, in one commit: the order and the decision's result, the ledger rows of
+    its new fills, the position (signed booked quantity), the in-flight quantity it gives back
+    (on the order's side) and the daily-trade slot it gives back."""
+
+    result: ExecutionResult
+    order: OrderRecord
+    expected_version: int
+    trades: tuple[LedgerTrade, ...] = ()
+    position_delta: Decimal = Decimal(0)
+    release_in_flight: Decimal = Decimal(0)
+    release_slot: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCommit:
+    committed: bool  # False: the order had moved on (another delivery settled it): see ``stored``
+    stored: StoredExecution
+
+
+class OrderVersionConflict(RuntimeError):
+    """Raised inside a store's transaction when the stored version is not the expected one."""
 
 
 RiskCheck = Callable[[Exposure], RiskDecision]
@@ -138,32 +182,46 @@ RiskCheck = Callable[[Exposure], RiskDecision]
 class ExecutionStore(Protocol):
     """The engine's unit of work. Each method is one atomic commit."""
 
-    def get_execution(self, tenant_id: str, idempotency_key: str) -> ExecutionResult | None:
-        """The stored outcome for a key; None when there is none yet (absent, or a claim in flight)."""
+    def get_execution(self, tenant_id: str, idempotency_key: str) -> StoredExecution | None:
+        """What is stored for a key (a decision, a claim in flight, an order at any stage), or None."""
         ...
 
     def get_exposure(
-        self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str
-    ) -> Exposure: ...
-
-    def record_outcome(self, result: ExecutionResult) -> ExecutionResult | None:
-        """Record an outcome that never reached the broker. An earlier outcome for the key wins and
-        is returned; None while another worker's claim on the key is in flight."""
+        self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str, daily_limit: int
+    ) -> Exposure:
+        """The position, its in-flight quantities per side, and a free daily-trade slot among
+        ``daily_limit`` (what a claim would see, without taking anything)."""
         ...
 
-    def claim(self, result: ExecutionResult, trading_day: str, check: RiskCheck) -> Claim:
-        """Atomically: read the exposure, run ``check`` on it, and if approved take the key, a
-        daily-trade slot and the order's quantity as pending exposure. Or say why not."""
+    def record_outcome(self, result: ExecutionResult) -> StoredExecution:
+        """Record an outcome that never reached the broker. Whatever is stored for the key already
+        wins and is returned (an earlier decision, or a claim in flight)."""
         ...
 
-    def record_trade(self, result: ExecutionResult, trade: LedgerTrade) -> ExecutionResult:
-        """The ledger row, the position and the final outcome, in one commit."""
+    def claim(
+        self,
+        result: ExecutionResult,
+        order: OrderRecord,
+        trading_day: str,
+        daily_limit: int,
+        check: RiskCheck,
+    ) -> Claim:
+        """Atomically: read the exposure, run ``check`` on it, and if approved take the key (the
+        decision, pending, with ``order`` in state claimed), a free daily-trade slot and the order's
+        quantity as in flight on its side. Or say why not."""
         ...
 
-    def settle_claim(self, result: ExecutionResult, trading_day: str) -> ExecutionResult:
-        """Close a claim without a fill: failed frees the daily slot and the pending quantity;
-        unknown and accepted-unfilled keep both until reconciliation."""
+    def commit_order(self, update: OrderUpdate) -> OrderCommit:
+        """Apply one order transition if the stored order is still at ``update.expected_version``.
+        An in-flight counter that would go negative, or a ledger row that exists already, raises
+        ``LedgerIntegrityError``: never clamped, never written."""
         ...
+
+    def iter_orders(self, tenant_id: str | None = None, open_only: bool = False) -> Iterator[StoredExecution]:
+        """Every stored order (of a tenant or of all); ``open_only``: those not in a final state."""
+        ...
+
+    def daily_slots_taken(self, tenant_id: str, trading_day: str) -> int: ...
 
     def record_fee_adjustment(self, adjustment: LedgerFeeAdjustment) -> bool:
         """The adjustment's ledger entry and its change to the position, in one commit; False when

@@ -58,8 +58,14 @@ class ExecSettings(BaseSettings):
     store: Literal["auto", "sqlite", "firestore"] = "auto"
     # Venue per asset class, overriding DEFAULT_VENUES: JSON, e.g. EXEC_VENUES='{"FOREX": "none"}'.
     venues: dict[AssetClass, Literal["alpaca", "paper", "none"]] = Field(default_factory=dict)
-    # An unknown broker outcome still not found at the broker after this long was never placed.
+    # A claim's lease: how long the worker that claimed an order has to send it and record the
+    # broker's answer before another delivery may settle it (longer than one broker call).
+    lease_seconds: Annotated[float, Field(gt=0)] = 60.0
+    # An order the broker does not know this long after its last change (and after its lease) was
+    # never placed: it is re-sent under the same client order id, or released.
     reconcile_after_seconds: Annotated[float, Field(ge=0)] = 60.0
+    # How long after its first decision an intent whose send was lost may still be sent again.
+    intent_ttl_seconds: Annotated[float, Field(gt=0)] = 300.0
     # auto: the embedded store fans out inline; on Firestore the ledger trigger does it.
     fanout: Literal["auto", "inline", "trigger"] = "auto"
     # JSON overrides of the fee schedule's figures, e.g. '{"sec_fee_rate": "0", "as_of": "2025-05-14"}'.
