@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The exit-code table laid out as written; a column wide enough for the command names."""
+    """The exit-code table laid out as written; a wider column for the option names."""
 
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32)
