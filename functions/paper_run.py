@@ -323,11 +323,17 @@ def _class_values(pairs: Sequence[str], option: str) -> dict[AssetClass, Decimal
     return values
 
 
+DESCRIPTION = "Replay real quote tapes through a strategy, the SmartRouter, risk and a paper broker."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m functions.paper_run",
-        description="Replay real quote tapes through a strategy, the SmartRouter, risk and a paper broker.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m functions.paper_run", description=DESCRIPTION)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The paper run's options, on its own parser or on the ``msr paper-run`` subcommand."""
     parser.add_argument(
         "--tape", action="append", type=Path, help="tape CSV (repeatable; default: all in data/quotes)"
     )
@@ -364,7 +370,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="WARNING", help="JSON log level on stderr (INFO shows every decision)"
     )
     parser.add_argument("--no-progress", action="store_true")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> PaperRunConfig:
@@ -394,7 +399,11 @@ def config_from_args(args: argparse.Namespace) -> PaperRunConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run(parser.parse_args(argv), parser)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the parsed options; input the run refuses is reported through ``parser`` (exit 2)."""
     configure_logging(args.log_level.upper(), stream=sys.stderr)
     try:
         config = config_from_args(args)

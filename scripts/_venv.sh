@@ -1,5 +1,6 @@
 # Sourced by the scripts here: create (once) and activate the project's virtualenv in .venv,
-# then install the requirements file given as $1. Needs only python3 (3.11+) and a package index.
+# install the requirements file given as $1, then the project itself (editable), which puts the
+# `msr` command on the venv's PATH. Needs only python3 (3.11+) and a package index.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
@@ -13,3 +14,8 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install --quiet --disable-pip-version-check -r "$1"
+# The editable install follows code changes by itself; only pyproject.toml (the console script,
+# the packages) needs it redone, and redoing it costs a build (seconds), so reruns skip it.
+if [ ! -x .venv/bin/msr ] || [ pyproject.toml -nt .venv/bin/msr ]; then
+  python -m pip install --quiet --disable-pip-version-check --no-deps --editable .
+fi

@@ -3,4 +3,4 @@
 #   ./scripts/paper_run.sh --max-spread FOREX=0.0002 --strategy multi_asset
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" requirements.txt
-exec python -m functions.paper_run "$@"
+exec msr paper-run "$@"

@@ -1,0 +1,187 @@
+"""``msr``: the product's one command-line program. Every local run and operation is a subcommand
+of it, so new operations (reports, reconciliation, onboarding, runtime controls) do not add entry
+points. Like the Cloud Functions, it only parses, wires adapters from configuration and calls the
+engine's services.
+
+    msr paper-run --max-spread FOREX=0.0002    # replay the recorded quote tapes through the engine
+    msr fees settle --day 2026-03-02 --json    # book the crypto fees Alpaca took in the asset
+
+Human output goes to stdout, JSON log lines to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
+
+from backend.adapters.market_data_selection import alpaca_settings
+from backend.adapters.stores import build_stores
+from backend.execution.fee_settlement import DayNotSettled, FeeSettlementReport, settle_asset_fees
+from backend.execution.settings import ConfigurationError, load_settings
+from backend.observability.logging import configure_logging
+from functions import paper_run
+
+EXIT_OK = 0
+# Nothing was done and the message says why: argparse's code for a bad option, reused for every
+# refusal that the operator fixes by changing the command or the configuration, or by waiting.
+EXIT_REFUSED = 2
+
+EXIT_CODES = """exit codes:
+  0  done
+  1  an unexpected error (its traceback is on stderr)
+  2  nothing done: a bad option or input, a configuration error (EXEC_*, APCA_*),
+     or a day the broker has not finished posting (fees settle)"""
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _parser(
+        argparse.ArgumentParser,
+        prog="msr",
+        description="Multi-asset smart routing: local runs and operations. "
+        "msr COMMAND --help describes each command.",
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", required=True)
+    _add_paper_run(commands)
+    _add_fees(commands)
+    return parser
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The exit-code table laid out as written; a wider column for the option names."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+
+def _parser(
+    factory: Callable[..., argparse.ArgumentParser], description: str, **kwargs: str
+) -> argparse.ArgumentParser:
+    """Every level of ``msr`` ends its help with the exit codes."""
+    return factory(
+        **kwargs,
+        description=textwrap.fill(description, width=88),
+        epilog=EXIT_CODES,
+        formatter_class=_HelpFormatter,
+    )
+
+
+def _add_paper_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    summary = "replay the recorded quote tapes through a strategy and the engine on a paper venue"
+    command = _parser(
+        commands.add_parser,
+        name="paper-run",
+        help=summary,
+        description=f"{paper_run.DESCRIPTION} Prints the seed's four metrics per asset class; writes "
+        "decisions.csv, summary.json and the embedded ledger to --out. "
+        "The same run as ./scripts/paper_run.sh and python -m functions.paper_run.",
+    )
+    paper_run.add_arguments(command)
+    command.set_defaults(run=partial(paper_run.run, parser=command))
+
+
+def _add_fees(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fees = _parser(
+        commands.add_parser,
+        name="fees",
+        help="fees the broker charged, settled against the ledger",
+        description="Fees the broker charged, settled against what the ledger booked.",
+    )
+    actions = fees.add_subparsers(title="commands", dest="fees_command", required=True)
+    settle = _parser(
+        actions.add_parser,
+        name="settle",
+        help="book the difference between the crypto fees Alpaca took in the asset and the ledger's",
+        description="Read the crypto fees Alpaca took in the asset received (its CFEE activities) on "
+        "one UTC day and book each difference from what the ledger estimated as a fee adjustment "
+        "(ledger entry + position, fanned out to the users' histories where the fan-out runs inline). "
+        "Each adjustment is recorded once: running the same day again books nothing. The store comes "
+        "from EXEC_STORE (and EXEC_SQLITE_PATH), Alpaca's keys from APCA_API_KEY_ID and "
+        "APCA_API_SECRET_KEY. Alpaca posts a day's fees after its end; a day is settled from 06:00 "
+        "UTC the next day.",
+    )
+    settle.add_argument(
+        "--day", type=_day, help="the UTC day to settle, YYYY-MM-DD (default: the day before --now)"
+    )
+    settle.add_argument(
+        "--now",
+        type=_timestamp,
+        help="the time the day's readiness is judged at, ISO 8601 with a timezone "
+        "(default: the system clock). A time ahead of the clock settles a day the broker may not "
+        "have finished posting: for tests against the simulator",
+    )
+    settle.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    settle.add_argument(
+        "--log-level", default="INFO", help="JSON log level on stderr (INFO: one line per adjustment booked)"
+    )
+    settle.set_defaults(run=_settle_fees)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {text!r}") from None
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 timestamp: {text!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no timezone (e.g. 2026-03-03T07:00:00Z)")
+    return moment.astimezone(UTC)
+
+
+def _settle_fees(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level.upper(), stream=sys.stderr)
+    now: datetime = args.now or datetime.now(UTC)
+    day: date = args.day or (now - timedelta(days=1)).date()
+    try:
+        broker_name, report = _settle_with_configured_adapters(day, now)
+    except (ConfigurationError, DayNotSettled) as exc:
+        print(f"msr fees settle: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.json:
+        print(json.dumps({"broker": broker_name, **asdict(report), "day": report.day.isoformat()}))
+    else:
+        print(
+            f"Asset fees of {report.day} at {broker_name}: {report.adjustments} adjustment(s) booked, "
+            f"{report.already_recorded} already recorded ({report.fills} fill(s) paying their fee in "
+            f"the asset, {report.activities} fee activit{'y' if report.activities == 1 else 'ies'})"
+        )
+    return EXIT_OK
+
+
+def _settle_with_configured_adapters(day: date, now: datetime) -> tuple[str, FeeSettlementReport]:
+    """The broker is built before the store, so missing keys never create an empty ledger file."""
+    from backend.adapters.alpaca.broker import AlpacaBroker  # alpaca-py loads for this command only
+
+    settings = load_settings()
+    source = AlpacaBroker(alpaca_settings())
+    store, portfolio = build_stores(settings)
+    try:
+        return source.name, settle_asset_fees(store, source, day, now, portfolio=portfolio)
+    finally:
+        close = getattr(store, "close", None)  # the SQLite store holds a connection; Firestore none
+        if close is not None:
+            close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script ``msr``. Returns the exit code; argparse exits 2 itself on a bad option."""
+    args = build_parser().parse_args(argv)
+    command: Command = args.run
+    return command(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

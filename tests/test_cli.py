@@ -1,0 +1,316 @@
+"""The ``msr`` command: its subcommands, the paper run through it, the console script's declaration,
+and ``msr fees settle`` against the local Alpaca simulator with the store from configuration."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backend.adapters.alpaca.broker import AlpacaBroker
+from backend.adapters.alpaca.market_data import AlpacaMarketData
+from backend.adapters.alpaca.settings import AlpacaSettings
+from backend.adapters.sqlite_store import SQLiteExecutionStore
+from backend.core.intents import OrderIntent
+from backend.core.ledger import LedgerFeeAdjustment, LedgerTrade
+from backend.core.orders import ExecutionStatus
+from backend.core.risk import RiskLimits
+from backend.execution.engine import ExecutionEngine, RiskManager, SmartRouter
+from backend.execution.ports import SystemClock
+from backend.execution.settings import ExecSettings
+from devtools.alpaca_simulator import FakeAlpaca, running
+from functions.cli import main
+from functions.paper_run import DECISION_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+BTC_TAPE = ROOT / "data" / "quotes" / "btcusdt_binance_2021-01-08.csv"
+D = Decimal
+
+
+@pytest.fixture(autouse=True)
+def restore_msr_logging() -> Iterator[None]:
+    """The commands point the 'msr' logger at the (captured) stderr; put it back for the other tests."""
+    logger = logging.getLogger("msr")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+def exit_code_of(argv: list[str]) -> int:
+    """``main`` returns its code; argparse (help, bad options) exits through SystemExit."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert isinstance(exit_info.value.code, int)
+    return exit_info.value.code
+
+
+def test_msr_help_lists_the_subcommands_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_code_of(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: msr ")
+    assert "paper-run" in out
+    assert "replay the recorded quote tapes" in out
+    assert "fees" in out
+    assert "exit codes:" in out
+    assert "2  nothing done" in out
+
+    assert exit_code_of(["fees", "--help"]) == 0
+    assert "settle" in capsys.readouterr().out
+    assert exit_code_of(["fees", "settle", "--help"]) == 0
+    settle_help = capsys.readouterr().out
+    for option in ("--day", "--now", "--json", "--log-level"):
+        assert option in settle_help
+    assert "CFEE activities" in settle_help
+
+
+def test_msr_paper_run_help_shows_the_paper_runs_own_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_code_of(["paper-run", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: msr paper-run ")
+    for option in ("--tape", "--max-spread", "--keep-ledger", "--strategy", "--out"):
+        assert option in out
+
+
+@pytest.mark.parametrize("argv", [[], ["fees"], ["nope"], ["fees", "settle", "--day", "2026-13-01"]])
+def test_a_missing_or_bad_command_or_option_exits_2_with_argparses_message(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_code_of(argv) == 2
+    captured = capsys.readouterr()
+    assert "error:" in captured.err
+    assert captured.out == ""
+
+
+def test_msr_paper_run_on_one_tape_writes_its_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["paper-run", "--out", str(tmp_path), "--no-progress", "--tape", str(BTC_TAPE)]
+    assert main([*argv, "--max-spread", "CRYPTO=0.0001"]) == 0
+
+    out = capsys.readouterr().out
+    assert out.startswith("Paper run: 451 quotes from 1 tape(s), strategy mean_reversion")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["quotes"] == 451
+    assert summary["thresholds"]["by_asset_class"] == {"CRYPTO": "0.0001"}
+    assert summary["intents"] > 0
+    assert summary["new_orders"] == summary["ledger_rows"] > 0
+    decisions = (tmp_path / "decisions.csv").read_text().splitlines()
+    assert decisions[0] == ",".join(DECISION_COLUMNS)
+    assert len(decisions) == 1 + summary["intents"]
+    assert (tmp_path / "ledger.sqlite3").is_file()
+
+
+def test_msr_paper_run_refuses_bad_input_through_its_own_parser(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_code_of(["paper-run", "--out", str(tmp_path), "--no-progress", "--max-spread", "FOREX"]) == 2
+    err = capsys.readouterr().err
+    assert "msr paper-run: error: --max-spread takes CLASS=VALUE, got 'FOREX'" in err
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_the_msr_console_script_is_declared_for_the_products_packages() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["msr"] == "functions.cli:main"
+    assert project["build-system"]["build-backend"] == "setuptools.build_meta"
+    assert project["tool"]["setuptools"]["packages"]["find"]["include"] == ["backend*", "functions*"]
+    # The pins have one home, requirements.txt (what `firebase deploy` installs).
+    assert project["project"]["dynamic"] == ["dependencies"]
+    assert project["tool"]["setuptools"]["dynamic"]["dependencies"] == {"file": ["requirements.txt"]}
+
+
+def msr_process() -> Any:
+    """The console script of the venv running the tests, where ``scripts/_venv.sh`` installed it;
+    otherwise the same entry point as ``python -m functions.cli``. The test id says which ran."""
+    installed = shutil.which("msr", path=str(Path(sys.executable).parent))
+    if installed:
+        return pytest.param([installed], id="installed-console-script")
+    fallback = [sys.executable, "-m", "functions.cli"]
+    return pytest.param(fallback, id="no-msr-in-this-venv-python-m-functions-cli")
+
+
+@pytest.mark.parametrize("command", [msr_process()])
+def test_msr_help_runs_as_a_process(command: list[str]) -> None:
+    # PYTHONPATH puts this checkout first, so an install made from another checkout runs this code.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [*command, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: msr ")
+    assert "paper-run" in done.stdout
+    assert "fees" in done.stdout
+
+
+# -- msr fees settle against the local Alpaca simulator ------------------------------------------
+
+
+@pytest.fixture
+def simulator() -> Iterator[tuple[FakeAlpaca, str]]:
+    fake = FakeAlpaca()
+    fake.set_quote("BTC/USD", "49995", "50005")
+    fake.crypto_fee_bps = D(22)  # the account reached tier 2; the engine's schedule still says 25
+    with running(fake) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def ledger_path(tmp_path: Path, simulator: tuple[FakeAlpaca, str], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The configuration ``msr fees settle`` reads: the embedded store in tmp, Alpaca's keys and URLs."""
+    _, url = simulator
+    path = tmp_path / "ledger.sqlite3"
+    monkeypatch.setenv("EXEC_STORE", "sqlite")
+    monkeypatch.setenv("EXEC_SQLITE_PATH", str(path))
+    monkeypatch.delenv("EXEC_FANOUT", raising=False)  # auto: inline with the embedded store
+    monkeypatch.setenv("APCA_API_KEY_ID", "k")
+    monkeypatch.setenv("APCA_API_SECRET_KEY", "s")
+    monkeypatch.setenv("APCA_API_BASE_URL", url)
+    monkeypatch.setenv("APCA_API_DATA_URL", url)
+    return path
+
+
+def buy_btc_twice(path: Path, url: str) -> date:
+    """Two 0.1 BTC buys through the engine and Alpaca's SDK; returns the UTC day they filled on."""
+    settings = AlpacaSettings(
+        api_key_id="k", secret_key="s", trading_url=url, data_url=url, timeout_s=2, fill_poll_s=0.01,
+        backoff_s=0.01, quote_ttl_s=0,
+    )  # fmt: skip
+    store = SQLiteExecutionStore(path)
+    try:
+        engine = ExecutionEngine(
+            broker=AlpacaBroker(settings),
+            router=SmartRouter(market_data=AlpacaMarketData(settings)),
+            risk=RiskManager(RiskLimits(max_position_qty=D(10))),
+            dry_run=False,
+            store=store,
+            clock=SystemClock(),
+            settings=ExecSettings(tenant_id="acme_corp", uid="u1"),
+            portfolio=store,
+        )
+        for index in range(2):
+            intent = OrderIntent(
+                strategy_id="s1", broker_account_id="acct", symbol="BTC/USD", side="buy", qty="0.1",
+                idempotency_key=f"buy-{index}",
+            )  # fmt: skip
+            assert engine.execute_intent(intent).status is ExecutionStatus.PLACED
+        assert store.positions("acme_corp")["BTC/USD"] == D("0.1995")  # 2 x 0.09975: the 25 bp estimate
+        [day] = {e.executed_at.date() for e in store.iter_ledger_trades() if isinstance(e, LedgerTrade)}
+    finally:
+        store.close()
+    return day
+
+
+def after_posting(day: date) -> str:
+    """07:00 UTC the next day: past the 06:00 posting deadline."""
+    return (datetime.combine(day + timedelta(days=1), time(7), tzinfo=UTC)).isoformat()
+
+
+def fee_adjustments(path: Path) -> list[LedgerFeeAdjustment]:
+    store = SQLiteExecutionStore(path)
+    try:
+        return [e for e in store.iter_ledger_trades("acme_corp") if isinstance(e, LedgerFeeAdjustment)]
+    finally:
+        store.close()
+
+
+def test_fees_settle_books_the_brokers_tier_once_and_a_rerun_books_nothing(
+    simulator: tuple[FakeAlpaca, str], ledger_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, url = simulator
+    day = buy_btc_twice(ledger_path, url)
+    argv = ["fees", "settle", "--day", day.isoformat(), "--now", after_posting(day)]
+
+    assert main([*argv, "--json"]) == 0
+
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {
+        "broker": "alpaca", "day": day.isoformat(), "fills": 2, "activities": 2, "adjustments": 1,
+        "already_recorded": 0,
+    }  # fmt: skip
+    events = [json.loads(line)["event"] for line in captured.err.splitlines()]
+    assert events.count("fees.adjusted") == 1  # the logs: JSON lines on stderr
+    assert events[-1] == "fees.settled"
+    [adjustment] = fee_adjustments(ledger_path)
+    assert (adjustment.qty, adjustment.estimated_fee, adjustment.actual_fee) == (
+        D("0.00006"), D("0.0005"), D("0.00044"),
+    )  # fmt: skip
+    store = SQLiteExecutionStore(ledger_path)
+    try:
+        assert store.positions("acme_corp")["BTC/USD"] == fake.holdings["BTCUSD"] == D("0.19956")
+        lots = store.lots("u1", "acct", "BTC/USD")  # fanned out inline, as EXEC_FANOUT=auto says
+        assert lots is not None
+        assert lots.position == D("0.19956")
+    finally:
+        store.close()
+
+    assert main(argv) == 0
+
+    assert capsys.readouterr().out == (
+        f"Asset fees of {day} at alpaca: 0 adjustment(s) booked, 1 already recorded "
+        "(2 fill(s) paying their fee in the asset, 2 fee activities)\n"
+    )
+    assert len(fee_adjustments(ledger_path)) == 1
+
+
+def test_fees_settle_refuses_a_day_not_posted_yet_with_exit_2_and_books_nothing(
+    simulator: tuple[FakeAlpaca, str], ledger_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, url = simulator
+    day = buy_btc_twice(ledger_path, url)
+
+    assert main(["fees", "settle", "--day", day.isoformat()]) == 2  # today, by the system clock
+
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"msr fees settle: {day} is not settled at alpaca yet (fees post at the end of the day)"
+    )
+    assert captured.out == ""
+    assert fee_adjustments(ledger_path) == []
+
+
+def test_fees_settle_defaults_to_the_day_before_now_and_waits_for_the_posting_deadline(
+    ledger_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fees", "settle", "--now", "2026-03-03T05:59:59Z"]) == 2
+    assert "2026-03-02 is not settled at alpaca yet" in capsys.readouterr().err
+
+    assert main(["fees", "settle", "--now", "2026-03-03T06:00:00+00:00", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["day"], report["fills"], report["adjustments"]) == ("2026-03-02", 0, 0)
+
+
+def test_fees_settle_without_alpaca_keys_exits_2_naming_them_and_creates_no_ledger(
+    ledger_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("APCA_API_KEY_ID")
+    monkeypatch.delenv("EXEC_ALPACA_KEY_ID", raising=False)
+
+    assert main(["fees", "settle"]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith("msr fees settle: Alpaca keys are not configured: set APCA_API_KEY_ID")
+    assert not ledger_path.exists()
+
+
+def test_fees_settle_with_invalid_configuration_exits_2_naming_the_variable(
+    ledger_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EXEC_STORE", "postgres")
+
+    assert main(["fees", "settle"]) == 2
+
+    assert "EXEC_STORE" in capsys.readouterr().err
+    assert not ledger_path.exists()
