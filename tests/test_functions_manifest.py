@@ -80,6 +80,7 @@ NEVER_SHIPPED_OR_COMMITTED = (
     ".secret.local",
     ".env.local",
     "node_modules/firebase-tools/package.json",
+    "multi_asset_smart_routing.egg-info/PKG-INFO",
     ".msr/ledger.sqlite3",
     "ledger.sqlite3",
     "ledger.sqlite3-wal",
