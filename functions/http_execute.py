@@ -117,9 +117,11 @@ def _intent(body: dict[str, Any], uid: str, tenant_id: str, header_key: str | No
 
     from backend.core.intents import OrderIntent
 
-    metadata = body.get("metadata") or {}
+    metadata = body.get("metadata")
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict):
-        raise _refused(422, "invalid_intent", "metadata must be an object")
+        raise _refused(422, "invalid_intent", "metadata must be an object, or absent")
     for claim, value in (("tenant_id", tenant_id), ("uid", uid)):
         if metadata.get(claim) not in (None, value):
             raise _refused(

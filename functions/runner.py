@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from backend.core.instruments import AssetClass, instrument_for
-from backend.core.intents import OrderIntent, Side
+from backend.core.intents import METADATA_MAX_STRING, OrderIntent, Side
 from backend.core.orders import ExecutionResult
 from backend.core.quotes import Quote, to_decimal
 from functions.strategies.base_strategy import BaseStrategy, SignalType, TradingSignal
@@ -79,7 +79,12 @@ def intent_for_signal(
         side=Side.BUY if signal.signal_type is SignalType.BUY else Side.SELL,
         qty=sizing.qty_for(signal, position),
         asset_class=signal.asset_class,
-        metadata={"tenant_id": tenant_id, "uid": uid, "run_id": run_id, "reasoning": signal.reasoning},
+        metadata={
+            "tenant_id": tenant_id,
+            "uid": uid,
+            "run_id": run_id,
+            "reasoning": signal.reasoning[:METADATA_MAX_STRING],
+        },
         idempotency_key=run_idempotency_key(tenant_id, strategy_id, run_id, signal.symbol),
     )
 

@@ -4,6 +4,7 @@ server, and the embedded store on disk (the replay also on the Firestore emulato
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -170,6 +171,29 @@ class TestRefusals:
         assert response.status_code == 422
         fields = {error["field"] for error in response.json()["errors"]}
         assert fields == {"qty", "side", "broker_account_id"}
+
+    @pytest.mark.parametrize(
+        ("metadata", "reason"),
+        [
+            (False, "metadata must be an object"),
+            (0, "metadata must be an object"),
+            ("", "metadata must be an object"),
+            ([], "metadata must be an object"),
+            ({"__name__": "x"}, "key '__name__' must match"),
+            ({"a": [[1, 2]]}, "a list inside a list"),
+            ({"a": "x" * 1500}, "longer than 1024"),
+            (json.loads('{"a":' * 254 + "1" + "}" * 254), "nested deeper than 4"),
+        ],
+    )
+    def test_metadata_that_could_not_be_stored_is_422_and_writes_nothing(
+        self, execute_url: str, ledger_path: Path, fake: FakeAlpaca, metadata: Any, reason: str
+    ) -> None:
+        before, posts = decisions(ledger_path), fake.requests_to("POST", "/v2/orders")
+        response = post(execute_url, {**INTENT, "metadata": metadata}, headers={"Idempotency-Key": "md"})
+        assert response.status_code == 422, response.text
+        assert reason in response.text
+        assert decisions(ledger_path) == before
+        assert fake.requests_to("POST", "/v2/orders") == posts
 
     def test_idempotency_key_header_and_body_must_agree(self, execute_url: str) -> None:
         response = post(execute_url, {**INTENT, "idempotency_key": "a"}, headers={"Idempotency-Key": "b"})

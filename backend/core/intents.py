@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -42,6 +44,70 @@ def canonical_decimal(value: Decimal) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+# Metadata is copied into the ledger row, the decision and the user's history: bounded here, before
+# anything is claimed, so that no write after the broker accepted can fail because of it
+# (Firestore refuses reserved field names such as ``__x__``, arrays inside arrays, deep nesting).
+METADATA_MAX_BYTES = 4096
+METADATA_MAX_DEPTH = 4
+METADATA_MAX_ITEMS = 64
+METADATA_MAX_STRING = 1024
+_METADATA_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_INT64 = 2**63
+
+
+def _metadata_value_problem(value: Any, where: str, depth: int) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if -_INT64 <= value < _INT64 else f"{where}: integer out of the 64-bit range"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where}: not a finite number"
+    if isinstance(value, str):
+        return (
+            None
+            if len(value) <= METADATA_MAX_STRING
+            else f"{where}: longer than {METADATA_MAX_STRING} characters"
+        )
+    if depth >= METADATA_MAX_DEPTH and isinstance(value, dict | list):
+        return f"{where}: nested deeper than {METADATA_MAX_DEPTH} levels"
+    if isinstance(value, dict):
+        return _metadata_object_problem(value, where, depth + 1)
+    if isinstance(value, list):
+        if len(value) > METADATA_MAX_ITEMS:
+            return f"{where}: more than {METADATA_MAX_ITEMS} items"
+        for index, item in enumerate(value):
+            if isinstance(item, list):
+                return f"{where}[{index}]: a list inside a list cannot be stored"
+            problem = _metadata_value_problem(item, f"{where}[{index}]", depth + 1)
+            if problem:
+                return problem
+        return None
+    return f"{where}: {type(value).__name__} is not a JSON value"
+
+
+def _metadata_object_problem(value: dict[Any, Any], where: str, depth: int) -> str | None:
+    if len(value) > METADATA_MAX_ITEMS:
+        return f"{where}: more than {METADATA_MAX_ITEMS} keys"
+    for key, item in value.items():
+        if not isinstance(key, str) or not _METADATA_KEY.match(key):
+            return f"{where}: key {key!r} must match {_METADATA_KEY.pattern}"
+        problem = _metadata_value_problem(item, f"{where}.{key}", depth)
+        if problem:
+            return problem
+    return None
+
+
+def metadata_problem(metadata: dict[str, Any]) -> None:
+    """Refuse metadata that cannot be stored as it is: too big, too deep, odd keys or values."""
+    problem = _metadata_object_problem(metadata, "metadata", 1)
+    if problem is None:
+        size = len(json.dumps(metadata, separators=(",", ":"), default=str).encode())
+        if size > METADATA_MAX_BYTES:
+            problem = f"metadata: {size} bytes, more than {METADATA_MAX_BYTES}"
+    if problem:
+        raise ValueError(problem)
 
 
 # 15 significant digits cover any order a venue accepts (0.00000001 BTC steps up to 9,999,999 BTC)
@@ -102,6 +168,12 @@ class OrderIntent(BaseModel):
         if len(canonical.as_tuple().digits) > MAX_QTY_DIGITS:
             raise ValueError(f"qty has more than {MAX_QTY_DIGITS} significant digits: {value}")
         return canonical
+
+    @field_validator("metadata")
+    @classmethod
+    def _bounded_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        metadata_problem(value)
+        return value
 
     @field_validator("side", mode="before")
     @classmethod
