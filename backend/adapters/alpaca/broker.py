@@ -43,15 +43,23 @@ from backend.observability.logging import log_event
 
 logger = logging.getLogger("msr.alpaca")
 
+# Alpaca's statuses onto the order's life; anything else (new, accepted, pending_new, held,
+# done_for_day, pending_cancel, replaced...) is an order that rests at the broker and may still fill.
 _STATUS = {
     OrderStatus.FILLED: BrokerOrderStatus.FILLED,
     OrderStatus.PARTIALLY_FILLED: BrokerOrderStatus.PARTIALLY_FILLED,
     OrderStatus.CANCELED: BrokerOrderStatus.CANCELED,
-    OrderStatus.EXPIRED: BrokerOrderStatus.CANCELED,
-    OrderStatus.DONE_FOR_DAY: BrokerOrderStatus.CANCELED,
+    OrderStatus.EXPIRED: BrokerOrderStatus.EXPIRED,
     OrderStatus.REJECTED: BrokerOrderStatus.REJECTED,
 }
-_FINAL = frozenset({BrokerOrderStatus.FILLED, BrokerOrderStatus.CANCELED, BrokerOrderStatus.REJECTED})
+_FINAL = frozenset(
+    {
+        BrokerOrderStatus.FILLED,
+        BrokerOrderStatus.CANCELED,
+        BrokerOrderStatus.EXPIRED,
+        BrokerOrderStatus.REJECTED,
+    }
+)
 _TIME_IN_FORCE = {
     AssetClass.EQUITY: TimeInForce.DAY,
     AssetClass.CRYPTO: TimeInForce.GTC,
@@ -93,6 +101,8 @@ def _decimal(value: object) -> Decimal | None:
 def to_broker_order(order: Order) -> BrokerOrder:
     status = _STATUS.get(order.status, BrokerOrderStatus.ACCEPTED)
     filled = _decimal(order.filled_qty) or Decimal(0)
+    if status is BrokerOrderStatus.ACCEPTED and filled > 0:
+        status = BrokerOrderStatus.PARTIALLY_FILLED  # e.g. done_for_day after a partial fill
     return BrokerOrder(
         broker=AlpacaBroker.name,
         order_id=str(order.id),
