@@ -314,6 +314,7 @@ class FirestoreExecutionStore:
                 return Claim(ClaimOutcome.REFUSED, risk=decision)
             slot = daily_slot_id(trading_day, exposure.daily_slot)
             claimed = replace(order, slot=slot)
+            approved = replace(result, risk=decision)  # stored with the claim: whoever settles it needs it
             transaction.create(
                 self._db.document(daily_slot_path(result.tenant_id, slot)),
                 {"tenant_id": result.tenant_id, "trading_day": trading_day, "slot": exposure.daily_slot,
@@ -326,8 +327,8 @@ class FirestoreExecutionStore:
                 exposure.pending_sell_qty + sells,
             )
             transaction.set(self._position_ref(key), _position_data(key, *figures))
-            transaction.create(decision_ref, self._decision_data(result, claimed))
-            return Claim(ClaimOutcome.CLAIMED, stored=StoredExecution(result, claimed), risk=decision)
+            transaction.create(decision_ref, self._decision_data(approved, claimed))
+            return Claim(ClaimOutcome.CLAIMED, stored=StoredExecution(approved, claimed), risk=decision)
 
         return claim_in(self._db.transaction())  # type: ignore[no-any-return]
 

@@ -509,7 +509,6 @@ class SQLiteExecutionStore:
         intent = result.intent
         key = _position_key(result)
         path = decision_path(result.tenant_id, decision_id_for(result.tenant_id, result.idempotency_key))
-        result_json = to_json(RESULTS, result)
         with self._write() as conn:
             existing = self._read_row(conn, result.tenant_id, result.idempotency_key)
             if existing is not None:
@@ -518,6 +517,8 @@ class SQLiteExecutionStore:
             decision = check(exposure)
             if not decision.approved or exposure.daily_slot is None:
                 return Claim(ClaimOutcome.REFUSED, risk=decision)
+            result = replace(result, risk=decision)  # stored with the claim: whoever settles it needs it
+            result_json = to_json(RESULTS, result)
             slot = daily_slot_id(trading_day, exposure.daily_slot)
             conn.execute(
                 "INSERT INTO daily_trade_slots (tenant_id, slot_id, trading_day, client_order_id) "

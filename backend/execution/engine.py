@@ -416,9 +416,7 @@ class ExecutionEngine:
         if claim.outcome is ClaimOutcome.REFUSED:
             return self._finish_without_order(draft.risk_refusal())
         assert claim.stored is not None
-        assert claim.stored.result is not None
-        claimed = StoredExecution(replace(claim.stored.result, risk=claim.risk), claim.stored.order)
-        return self._submit(claimed, request)
+        return self._submit(claim.stored, request)
 
     def _submit(self, stored: StoredExecution, request: OrderRequest) -> ExecutionResult:
         """Send under the order's client order id; whatever happens becomes events of the order."""
