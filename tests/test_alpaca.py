@@ -321,6 +321,19 @@ class TestExactlyOnce:
         assert "malformed" in result.reason
         assert list(engine.store.iter_ledger_trades()) == []
 
+    @pytest.mark.parametrize("body", ["null", "[]", '{"id": 1}'])
+    def test_an_answer_the_sdk_cannot_read_after_the_order_was_made_is_looked_up(
+        self, tmp_path: Path, fake: FakeAlpaca, broker: AlpacaBroker, market_data: AlpacaMarketData, body: str
+    ) -> None:
+        # JSON null or an array makes alpaca-py raise TypeError (Order(**None)), a wrong shape a
+        # ValidationError: either way the order exists and is found by its client order id.
+        fake.faults.append(Fault("POST", ORDERS, status=200, body=body, then_process=True))
+        engine = make_engine(tmp_path, broker, market_data)
+        result = engine.execute_intent(intent())
+        assert result.status is ExecutionStatus.PLACED
+        assert (posted_bodies(fake), len(fake.orders)) == (1, 1)
+        assert len(list(engine.store.iter_ledger_trades())) == 1
+
 
 class TestBrokerAnswers:
     def test_rejected_order_is_a_failure(

@@ -66,6 +66,9 @@ _TIME_IN_FORCE = {
     AssetClass.OPTIONS: TimeInForce.DAY,
 }
 _SUBMIT_ATTEMPTS_AFTER_429 = 3
+# An answer alpaca-py cannot turn into its model: a wrong shape (ValidationError), not JSON
+# (ValueError), or JSON null / an array where an object belongs (``Order(**None)``: TypeError).
+MALFORMED_ANSWERS = (ValidationError, ValueError, TypeError)
 _ACTIVITY_PAGE_SIZE = 100
 
 
@@ -198,7 +201,7 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
                 ) from error
             except NETWORK_ERRORS as error:
                 return self._established(request, f"{type(error).__name__}: {error}")
-            except (ValidationError, requests.exceptions.JSONDecodeError, ValueError) as error:
+            except (*MALFORMED_ANSWERS, requests.exceptions.JSONDecodeError) as error:
                 return self._established(request, f"malformed answer: {type(error).__name__}")
         raise BrokerRejectedError("Alpaca kept answering 429 (rate limited)", ReasonCode.BROKER_REJECTED)
 
@@ -218,7 +221,7 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
         while True:
             try:
                 existing = self._lookup(request.client_order_id)
-            except (APIError, *NETWORK_ERRORS, ValidationError, ValueError) as error:
+            except (APIError, *NETWORK_ERRORS, *MALFORMED_ANSWERS) as error:
                 raise BrokerOutcomeUnknownError(f"{why}; lookup failed: {type(error).__name__}") from error
             if existing is not None:
                 return existing
@@ -288,7 +291,7 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
                     self.settings.max_wait_s,
                     self._sleep,
                 )
-            except (APIError, *NETWORK_ERRORS, ValidationError, ValueError):
+            except (APIError, *NETWORK_ERRORS, *MALFORMED_ANSWERS):
                 break  # placed for sure; the fill is reconciled later
             current = to_broker_order(refreshed)  # type: ignore[arg-type]
         return current

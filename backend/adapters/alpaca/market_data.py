@@ -96,7 +96,7 @@ class AlpacaMarketData(MarketDataProvider):
         settings = self.settings
         try:
             answer = with_read_retries(call, settings.read_attempts, settings.backoff_s, settings.max_wait_s)
-        except (APIError, *NETWORK_ERRORS, ValidationError, ValueError) as error:
+        except (APIError, *NETWORK_ERRORS, ValidationError, ValueError, TypeError) as error:
             # No quote is an answer the router understands (QUOTE_MISSING): never trade blind.
             log_event(
                 logger,
