@@ -80,8 +80,9 @@ class ChaosRun:
     intent_ttl_s: float = 5.0  # lost sends found later than this are released, not sent again
     client_timeout_s: float = 0.3
     max_rounds: int = 40
-    # For proving the checks can fail: "no-compare-and-set" makes every worker's store apply an
-    # order update over whatever version is stored (a store without compare-and-set).
+    # For proving the checks can fail, a recording bug planted in every worker's store:
+    # "drop-ledger-rows" commits order updates without their ledger rows; "keep-slots" never gives
+    # a daily slot back; "leak-in-flight" never gives an in-flight quantity back.
     break_store: str = ""
     firestore_host: str | None = None
     workdir: str | None = None
@@ -243,16 +244,18 @@ def _install_crashes(engine: Any, crashes: _Crashes, store_kind: str) -> None:
         firestore_transaction.Transaction._commit = die_before_commit_rpc  # type: ignore[method-assign]
 
 
-def _without_compare_and_set(store: Any) -> None:
+BROKEN_STORES: dict[str, dict[str, Any]] = {
+    "drop-ledger-rows": {"trades": ()},
+    "keep-slots": {"release_slot": None},
+    "leak-in-flight": {"release_in_flight": Decimal(0)},
+}
+
+
+def _break(store: Any, how: str) -> None:
     from dataclasses import replace
 
-    commit = store.commit_order
-
-    def blind(update: Any) -> Any:
-        current = store.get_execution(update.result.tenant_id, update.result.idempotency_key)
-        return commit(replace(update, expected_version=current.order.version))
-
-    store.commit_order = blind
+    commit, planted = store.commit_order, BROKEN_STORES[how]
+    store.commit_order = lambda update: commit(replace(update, **planted))
 
 
 def _worker(
@@ -284,8 +287,8 @@ def _worker(
         rates["inside_ledger_write"] = config.ledger_write_crash_rate
     crashes = _Crashes(rates, config.seed * 7919 + number, crashed, config.max_crashes_per_point)
     _install_crashes(engine, crashes, config.store)
-    if config.break_store == "no-compare-and-set":
-        _without_compare_and_set(engine.store)
+    if config.break_store:
+        _break(engine.store, config.break_store)
     while True:
         task = tasks.get()
         if task is None:
