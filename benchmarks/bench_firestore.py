@@ -31,11 +31,11 @@ from devtools.emulators import PROJECT, FirestoreEmulator, missing_reason
 
 
 class Timed:
-    """Wraps a store and times its claim / record_trade calls (and counts commits)."""
+    """Wraps a store and times its claim / commit_order calls (and counts commits)."""
 
     def __init__(self, inner: object) -> None:
         self.inner = inner
-        self.timings: dict[str, list[float]] = {"claim": [], "record_trade": [], "settle_claim": []}
+        self.timings: dict[str, list[float]] = {"claim": [], "commit_order": []}
 
     def __getattr__(self, name: str) -> object:
         attribute = getattr(self.inner, name)
@@ -103,18 +103,18 @@ def main() -> None:
             engine.execute_intent(intent)
         elapsed = time.perf_counter() - start
         trades = list(store.inner.iter_ledger_trades("bench"))  # type: ignore[attr-defined]
-        commits = len(store.timings["claim"]) + len(store.timings["record_trade"])
+        commits = len(store.timings["claim"]) + len(store.timings["commit_order"])
         print(f"executed trades: {len(trades)} in {elapsed:.2f}s ({len(trades) / elapsed:.1f}/s, sequential)")
         print(
             f"commits per executed trade on the request path: {commits / len(trades):.1f} "
-            "(claim transaction + ledger/position/decision transaction)"
+            "(claim transaction + order update transaction)"
         )
         print(
-            f"claim transaction (key + daily counter + pending position): p50 {p50(store.timings['claim'])}"
+            f"claim transaction (key + daily slot + in-flight position):   p50 {p50(store.timings['claim'])}"
         )
         print(
-            "record transaction (ledger row + position + decision):      "
-            f"p50 {p50(store.timings['record_trade'])}"
+            "order update (order + decision + ledger row + position):     "
+            f"p50 {p50(store.timings['commit_order'])}"
         )
         fan_out_ms = []
         for trade in trades:

@@ -272,7 +272,8 @@ class TestExactlyOnce:
         assert "never placed" in settled.reason
         day = datetime.now(UTC).date().isoformat()
         exposure = engine.store.get_exposure("acme_corp", "alpaca_main", "AAPL", day, 50)
-        assert (exposure.trades_today, exposure.pending_buy_qty) == (0, 0)  # slot and quantity given back
+        assert exposure.pending_buy_qty == 0  # the quantity given back, and the slot:
+        assert engine.store.daily_slots_taken("acme_corp", day) == 0
         assert posted_bodies(fake) == 1
 
     def test_422_duplicate_returns_the_existing_order(

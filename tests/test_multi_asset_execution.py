@@ -414,7 +414,8 @@ class TestExecutionEngineSmartRouting:
         assert "insufficient buying power" in failed.reason
         assert list(store.iter_ledger_trades()) == []
         exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat(), 50)
-        assert (exposure.trades_today, exposure.pending_buy_qty, exposure.position_qty) == (0, 0, 0)
+        assert (exposure.pending_buy_qty, exposure.position_qty) == (0, 0)
+        assert store.daily_slots_taken("acme_corp", T0.date().isoformat()) == 0
 
     @pytest.mark.parametrize(
         ("broker_status", "expected", "ledger_rows", "pending"),
@@ -461,7 +462,8 @@ class TestExecutionEngineSmartRouting:
         broker.submit_order = lose  # type: ignore[method-assign]
         assert engine.execute_intent(intent(qty=10, idempotency_key="lost")).status is ExecutionStatus.UNKNOWN
         exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat(), 50)
-        assert (exposure.position_qty, exposure.pending_buy_qty, exposure.trades_today) == (0, 10, 1)
+        assert (exposure.position_qty, exposure.pending_buy_qty) == (0, 10)
+        assert store.daily_slots_taken("acme_corp", T0.date().isoformat()) == 1
         broker.submit_order = real_submit  # type: ignore[method-assign]
         refused = engine.execute_intent(intent(qty=10, idempotency_key="next"))
         assert refused.reason_code is ReasonCode.POSITION_LIMIT

@@ -278,13 +278,14 @@ def test_positions_sum_correctly_after_buy_three_sell_one(db_path: Path, venue: 
     try:
         positions = reopened.positions(TENANT)
         exposure = reopened.get_exposure(TENANT, "paper_acct", "AAPL", T0.date().isoformat(), 50)
+        reopened_slots = reopened.daily_slots_taken(TENANT, T0.date().isoformat())
         trades = list(reopened.iter_ledger_trades(TENANT))
     finally:
         reopened.close()
 
     assert positions == {"AAPL": Decimal(2)}
     assert exposure.position_qty == Decimal(2)
-    assert exposure.trades_today == 2
+    assert reopened_slots == 2
     assert sorted((t.side.value, t.qty, t.price) for t in trades) == [
         ("buy", Decimal(3), Decimal("190.01")),
         ("sell", Decimal(1), Decimal("189.99")),

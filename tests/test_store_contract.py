@@ -263,6 +263,19 @@ class TestClaimAndOrderUpdates:
         roomier = RiskLimits(max_position_qty=Decimal(1000))
         assert claim_order(store, intent, market, roomier).outcome is ClaimOutcome.CLAIMED
 
+    def test_a_slot_given_back_is_taken_again(self, store: Any, market: StaticMarketData) -> None:
+        limits = RiskLimits(max_daily_trades=2)
+        first = claim_order(store, make_intent("h1", qty="1"), market, limits).stored
+        assert claim_order(store, make_intent("h2", qty="1"), market, limits).outcome is ClaimOutcome.CLAIMED
+        released = transition(first, Released(T0, "absent"))
+        assert store.commit_order(released).committed
+        third = claim_order(store, make_intent("h3", qty="1"), market, limits)
+        assert third.outcome is ClaimOutcome.CLAIMED
+        assert third.stored.order.slot == first.order.slot  # the hole is found
+        refused = claim_order(store, make_intent("h4", qty="1"), market, limits)
+        assert (refused.outcome, refused.risk.reason_code) == (ClaimOutcome.REFUSED, ReasonCode.DAILY_LIMIT)
+        assert store.daily_slots_taken(TENANT, DAY) == 2
+
     def test_the_daily_limit_is_its_slots(self, store: Any, market: StaticMarketData) -> None:
         limits = RiskLimits(max_daily_trades=2)
         assert claim_order(store, make_intent("s1", qty="1"), market, limits).outcome is ClaimOutcome.CLAIMED

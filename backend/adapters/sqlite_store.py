@@ -99,10 +99,11 @@ BEFORE DELETE ON ledger_trades BEGIN SELECT RAISE(ABORT, 'ledger_trades is appen
 -- by a claim and deleted only when the order never reached the broker.
 CREATE TABLE IF NOT EXISTS daily_trade_slots (
     tenant_id TEXT NOT NULL,
-    slot_id TEXT NOT NULL,
     trading_day TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    slot_id TEXT NOT NULL,
     client_order_id TEXT NOT NULL,
-    PRIMARY KEY (tenant_id, slot_id)
+    PRIMARY KEY (tenant_id, trading_day, slot)
 ) WITHOUT ROWID;
 
 -- Portfolio history: one row per ledger entry and user (facts written once, tax part rewritten
@@ -206,6 +207,41 @@ def _orders_and_sides(conn: sqlite3.Connection) -> None:
                  tenant_id, account, symbol),
             )  # fmt: skip
     conn.execute("CREATE INDEX IF NOT EXISTS decisions_open ON decisions (open, updated_at)")
+
+
+def _slots_taken(conn: sqlite3.Connection, tenant_id: str, trading_day: str) -> int:
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM daily_trade_slots WHERE tenant_id = ? AND trading_day = ?",
+            (tenant_id, trading_day),
+        ).fetchone()[0]
+    )
+
+
+def _free_slot(
+    conn: sqlite3.Connection, tenant_id: str, trading_day: str, limit: int
+) -> tuple[int | None, int | None]:
+    """(the lowest free slot below ``limit``, how many are taken when that was counted). Slots are
+    taken in order, so the next one after the highest is free unless it reaches the limit; only
+    then are the taken ones counted and a hole left by a released slot looked for."""
+    key = (tenant_id, trading_day)
+    highest = conn.execute(
+        "SELECT MAX(slot) FROM daily_trade_slots WHERE tenant_id = ? AND trading_day = ?", key
+    ).fetchone()[0]
+    following = 0 if highest is None else highest + 1
+    if following < limit:
+        return following, None
+    taken = _slots_taken(conn, tenant_id, trading_day)
+    if taken >= limit:
+        return None, taken
+    hole = conn.execute(
+        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM daily_trade_slots WHERE tenant_id = ?1 AND "
+        "trading_day = ?2 AND slot = 0) THEN 0 ELSE (SELECT MIN(s.slot + 1) FROM daily_trade_slots s "
+        "WHERE s.tenant_id = ?1 AND s.trading_day = ?2 AND NOT EXISTS (SELECT 1 FROM daily_trade_slots t "
+        "WHERE t.tenant_id = ?1 AND t.trading_day = ?2 AND t.slot = s.slot + 1)) END",
+        key,
+    ).fetchone()[0]
+    return (int(hole) if int(hole) < limit else None), taken
 
 
 def _position_key(result: ExecutionResult) -> tuple[str, str, str]:
@@ -342,16 +378,9 @@ class SQLiteExecutionStore:
             "WHERE tenant_id = ? AND broker_account_id = ? AND symbol = ?",
             (tenant_id, broker_account_id, symbol),
         ).fetchone()
-        taken = {
-            row[0]
-            for row in conn.execute(
-                "SELECT slot_id FROM daily_trade_slots WHERE tenant_id = ? AND trading_day = ?",
-                (tenant_id, trading_day),
-            )
-        }
-        free = next((n for n in range(daily_limit) if daily_slot_id(trading_day, n) not in taken), None)
+        free, taken = _free_slot(conn, tenant_id, trading_day, daily_limit)
         held, buys, sells = (Decimal(v) for v in position) if position else (_ZERO, _ZERO, _ZERO)
-        return Exposure(held, buys, sells, daily_slot=free, trades_today=len(taken))
+        return Exposure(held, buys, sells, daily_slot=free, trades_today=taken)
 
     def get_exposure(
         self, tenant_id: str, broker_account_id: str, symbol: str, trading_day: str, daily_limit: int
@@ -383,12 +412,7 @@ class SQLiteExecutionStore:
 
     def daily_slots_taken(self, tenant_id: str, trading_day: str) -> int:
         with self._lock:
-            return int(
-                self._conn.execute(
-                    "SELECT COUNT(*) FROM daily_trade_slots WHERE tenant_id = ? AND trading_day = ?",
-                    (tenant_id, trading_day),
-                ).fetchone()[0]
-            )
+            return _slots_taken(self._conn, tenant_id, trading_day)
 
     def get_ledger_trade(self, tenant_id: str, trade_id: str) -> LedgerEntry | None:
         with self._lock:
@@ -521,9 +545,9 @@ class SQLiteExecutionStore:
             result_json = to_json(RESULTS, result)
             slot = daily_slot_id(trading_day, exposure.daily_slot)
             conn.execute(
-                "INSERT INTO daily_trade_slots (tenant_id, slot_id, trading_day, client_order_id) "
-                "VALUES (?, ?, ?, ?)",
-                (result.tenant_id, slot, trading_day, order.client_order_id),
+                "INSERT INTO daily_trade_slots (tenant_id, trading_day, slot, slot_id, client_order_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (result.tenant_id, trading_day, exposure.daily_slot, slot, order.client_order_id),
             )
             self._move_position(conn, key, **self._in_flight_delta(intent.side, intent.qty))
             claimed = replace(order, slot=slot)
@@ -563,9 +587,10 @@ class SQLiteExecutionStore:
             if update.position_delta or update.release_in_flight:
                 self._move_position(conn, key, update.position_delta, **release)
             if update.release_slot is not None:
+                day, _, number = update.release_slot.rpartition("~")
                 deleted = conn.execute(
-                    "DELETE FROM daily_trade_slots WHERE tenant_id = ? AND slot_id = ?",
-                    (result.tenant_id, update.release_slot),
+                    "DELETE FROM daily_trade_slots WHERE tenant_id = ? AND trading_day = ? AND slot = ?",
+                    (result.tenant_id, day, int(number)),
                 ).rowcount
                 if deleted != 1:
                     raise LedgerIntegrityError(f"daily slot {update.release_slot} is not held")

@@ -7,6 +7,7 @@ store keys its rows by the same strings, so a row can be found by the path a use
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from functools import lru_cache
 from urllib.parse import quote
 
@@ -94,10 +95,12 @@ def daily_slot_path(tenant_id: str, slot_id: str) -> str:
     return f"tenants/{_segment(tenant_id, 'tenant_id')}/daily_trade_slots/{_segment(slot_id, 'slot_id')}"
 
 
-def slot_probe_order(tenant_id: str, idempotency_key: str, daily_limit: int) -> list[int]:
+def slot_probe_order(tenant_id: str, idempotency_key: str, daily_limit: int) -> Iterator[int]:
     """The order in which a claim tries the day's slots: from a start spread by the key, so that
-    concurrent claims rarely try the same slot first (no slot is a hot document)."""
+    concurrent claims rarely try the same slot first (no slot is a hot document). Lazy: a claim
+    stops at the first free slot, whatever the limit."""
     if daily_limit <= 0:
-        return []
+        return
     start = int(_digest(tenant_id, idempotency_key)[:8], 16) % daily_limit
-    return [(start + offset) % daily_limit for offset in range(daily_limit)]
+    for offset in range(daily_limit):
+        yield (start + offset) % daily_limit
