@@ -206,3 +206,24 @@ def test_an_order_that_rests_is_recorded_when_it_fills(
     again = placing.execute_intent(intent())
     assert again.replayed
     assert totals(contract_store) == (1, 10, 0, 1)
+
+
+def test_a_resting_order_is_canceled_through_the_broker_and_settled_from_its_report(
+    contract_store: Any, fake: FakeAlpaca, alpaca: AlpacaSettings
+) -> None:
+    fake.fill, fake.polls_to_fill = "new", 1000
+    placing = engine(contract_store, alpaca)
+    resting = placing.execute_intent(intent())
+    assert resting.order_state is OrderState.ACCEPTED
+    outcome = placing.cancel(contract_store.get_execution(TENANT, "k1"))
+    assert outcome.requested
+    assert (outcome.result.status, outcome.result.reason_code) == (
+        ExecutionStatus.FAILED,
+        ReasonCode.ORDER_CANCELED,
+    )
+    assert outcome.result.order_state is OrderState.CANCELED
+    assert fake.order_for(resting.client_order_id or "")["status"] == "canceled"
+    assert totals(contract_store) == (0, 0, 0, 1)  # nothing in flight; it was placed: the slot stays
+    again = placing.cancel(contract_store.get_execution(TENANT, "k1"))
+    assert (again.requested, again.reason_code) == (False, ReasonCode.ORDER_NOT_CANCELABLE)
+    assert "canceled" in again.reason

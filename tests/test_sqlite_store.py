@@ -58,6 +58,9 @@ class SubmitCounter(Broker):
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
         return self.inner.get_order_by_client_order_id(client_order_id)
 
+    def cancel_order(self, client_order_id: str) -> None:
+        self.inner.cancel_order(client_order_id)
+
 
 @dataclass
 class Venue:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -36,6 +36,7 @@ from backend.execution.ports import (
     ClaimOutcome,
     LedgerIntegrityError,
     ManualClock,
+    OrderCursor,
     OrderUpdate,
     StoredExecution,
 )
@@ -139,6 +140,13 @@ def transition(stored: StoredExecution, *events: Any) -> OrderUpdate:
         result, after, stored.order.version, trades, sum((t.side.sign * t.qty for t in trades), Decimal(0)),
         effects.release_in_flight, effects.release_slot,
     )  # fmt: skip
+
+
+def decision_path_of(stored: StoredExecution) -> str:
+    from backend.core.paths import decision_id_for, decision_path
+
+    assert stored.result is not None
+    return decision_path(TENANT, decision_id_for(TENANT, stored.result.idempotency_key))
 
 
 def report(state: OrderState, filled: str, price: str | None = "190.01") -> BrokerReport:
@@ -284,6 +292,53 @@ class TestClaimAndOrderUpdates:
         assert (full.outcome, full.risk.reason_code) == (ClaimOutcome.REFUSED, ReasonCode.DAILY_LIMIT)
         assert "2" in full.risk.reason
         assert store.daily_slots_taken(TENANT, DAY) == 2
+
+
+class TestQueriesForOperations:
+    def test_an_order_is_found_by_its_client_order_id_within_its_tenant(
+        self, store: Any, market: StaticMarketData
+    ) -> None:
+        stored = claim_order(store, make_intent("q1"), market).stored
+        assert store.find_order(TENANT, stored.order.client_order_id) == stored
+        assert store.find_order("someone_else", stored.order.client_order_id) is None
+        assert store.find_order(TENANT, "msr-nothing") is None
+
+    def test_open_orders_older_than_a_cutoff_page_by_a_cursor(
+        self, store: Any, market: StaticMarketData
+    ) -> None:
+        keys = [f"o{i}" for i in range(5)]
+        stored = {key: claim_order(store, make_intent(key, qty="1"), market).stored for key in keys}
+        done = transition(stored["o2"], SubmitSent(T0), report(OrderState.FILLED, "1"))
+        assert store.commit_order(done).committed  # final: no longer open
+        later = T0 + timedelta(seconds=5)
+        assert store.open_orders(T0) == []  # nothing changed before T0
+        first = store.open_orders(later, limit=2)
+        assert len(first) == 2
+        cursor = OrderCursor(first[-1].order.updated_at, decision_path_of(first[-1]))
+        rest = store.open_orders(later, after=cursor, limit=10)
+        seen = [s.order.idempotency_key for s in first + rest]
+        assert sorted(seen) == ["o0", "o1", "o3", "o4"]
+        assert len(set(seen)) == 4  # no order twice across pages
+
+    def test_ledger_entries_since_a_write_time(self, store: Any, market: StaticMarketData) -> None:
+        before = datetime.now(UTC) - timedelta(seconds=5)
+        stored = claim_order(store, make_intent("w1", qty="2"), market).stored
+        assert store.commit_order(
+            transition(stored, SubmitSent(T0), report(OrderState.FILLED, "2"))
+        ).committed
+        assert [e.qty for e in store.ledger_entries_since(before)] == [2]
+        assert list(store.ledger_entries_since(datetime.now(UTC) + timedelta(minutes=5))) == []
+
+    def test_positions_of_every_tenant_and_ops_state(self, store: Any, market: StaticMarketData) -> None:
+        claim_order(store, make_intent("p1", qty="3"), market)
+        assert store.all_positions()[(TENANT, "acct", "AAPL")] == (0, 3, 0)
+        assert store.get_ops_state("sweep") is None
+        state = {
+            "cursor": {"updated_at": "2026-03-02T15:30:00+00:00", "path": "tenants/t/decisions/d"},
+            "runs": 3,
+        }
+        store.put_ops_state("sweep", state)
+        assert store.get_ops_state("sweep") == state
 
 
 class TestEngineOnEachStore:

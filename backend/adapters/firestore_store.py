@@ -23,12 +23,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from google.api_core.exceptions import AlreadyExists
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from backend.adapters.documents import (
     HISTORY_ENTRIES,
@@ -57,6 +59,7 @@ from backend.core.paths import (
     decision_id_for,
     decision_path,
     ledger_trade_path,
+    ops_state_path,
     portfolio_history_collection,
     portfolio_lots_path,
     portfolio_settings_path,
@@ -73,6 +76,7 @@ from backend.execution.ports import (
     ClaimOutcome,
     LedgerIntegrityError,
     OrderCommit,
+    OrderCursor,
     OrderUpdate,
     RiskCheck,
     StoredExecution,
@@ -277,6 +281,56 @@ class FirestoreExecutionStore:
         for snapshot in source.stream():
             if (snapshot.to_dict() or {}).get("order"):
                 yield _stored(snapshot)
+
+    def find_order(self, tenant_id: str, client_order_id: str) -> StoredExecution | None:
+        query = (
+            self._db.collection(tenant_collection_path(tenant_id, "decisions"))
+            .where(filter=FieldFilter("order.client_order_id", "==", client_order_id))
+            .limit(1)
+        )
+        return next((_stored(snapshot) for snapshot in query.stream()), None)
+
+    def open_orders(
+        self, updated_before: datetime, after: OrderCursor | None = None, limit: int = 100
+    ) -> list[StoredExecution]:
+        """A collection-group query on (open, updated_at): the composite index in
+        firestore.indexes.json."""
+        query = (
+            self._db.collection_group("decisions")
+            .where(filter=FieldFilter("open", "==", True))
+            .where(filter=FieldFilter("updated_at", "<", updated_before))
+            .order_by("updated_at")
+            .order_by(FieldPath.document_id())
+        )
+        if after is not None:
+            query = query.start_after(
+                {"updated_at": after.updated_at, FieldPath.document_id(): self._db.document(after.path)}
+            )
+        return [_stored(snapshot) for snapshot in query.limit(limit).stream()]
+
+    def ledger_entries_since(self, written_since: datetime) -> Iterator[LedgerEntry]:
+        query = (
+            self._db.collection_group("ledger_trades")
+            .where(filter=FieldFilter("written_at", ">=", written_since))
+            .order_by("written_at")
+        )
+        for snapshot in query.stream():
+            yield _model(LEDGER_ENTRIES, snapshot)
+
+    def all_positions(self) -> dict[tuple[str, str, str], tuple[Decimal, Decimal, Decimal]]:
+        positions = {}
+        for snapshot in self._db.collection_group("positions").stream():
+            data = snapshot.to_dict() or {}
+            key = (data["tenant_id"], data["broker_account_id"], data["symbol"])
+            positions[key] = _position_figures(snapshot)
+        return positions
+
+    def get_ops_state(self, name: str) -> dict[str, Any] | None:
+        snapshot = self._db.document(ops_state_path(name)).get()
+        return without_server_fields(snapshot.to_dict() or {}) if snapshot.exists else None
+
+    def put_ops_state(self, name: str, state: dict[str, Any]) -> None:
+        self._db.document(ops_state_path(name)).set({**state, "updated_at": firestore.SERVER_TIMESTAMP})
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -58,3 +58,10 @@ class PaperBroker(Broker):
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
         with self._lock:
             return self._orders.get(client_order_id)
+
+    def cancel_order(self, client_order_id: str) -> None:
+        """The paper venue fills in full at once: there is never anything left to cancel."""
+        with self._lock:
+            order = self._orders.get(client_order_id)
+        what = f"order {client_order_id} is {order.status.value}" if order else f"no order {client_order_id}"
+        raise BrokerRejectedError(f"paper venue: {what}, nothing to cancel", ReasonCode.ORDER_NOT_CANCELABLE)

@@ -14,8 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from backend.adapters.documents import (
     HISTORY_ENTRIES,
@@ -42,6 +46,7 @@ from backend.core.paths import (
     decision_id_for,
     decision_path,
     ledger_trade_path,
+    ops_state_path,
     portfolio_history_collection,
     portfolio_lots_path,
     portfolio_settings_path,
@@ -56,6 +61,7 @@ from backend.execution.ports import (
     ClaimOutcome,
     LedgerIntegrityError,
     OrderCommit,
+    OrderCursor,
     OrderUpdate,
     RiskCheck,
     StoredExecution,
@@ -78,7 +84,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     order_doc TEXT,
     version INTEGER NOT NULL DEFAULT 0,
     open INTEGER NOT NULL DEFAULT 0,
-    updated_at TEXT
+    updated_at TEXT,
+    client_order_id TEXT
 );
 
 CREATE TABLE IF NOT EXISTS ledger_trades (
@@ -119,6 +126,12 @@ CREATE INDEX IF NOT EXISTS portfolio_history_by_symbol
     ON portfolio_history (uid, broker_account_id, symbol);
 
 CREATE TABLE IF NOT EXISTS portfolio_lots (
+    path TEXT PRIMARY KEY,
+    document TEXT NOT NULL
+);
+
+-- What scheduled jobs keep between runs (a sweep's cursor, a re-drive's watermark): ops/{name}.
+CREATE TABLE IF NOT EXISTS ops_state (
     path TEXT PRIMARY KEY,
     document TEXT NOT NULL
 );
@@ -188,7 +201,8 @@ def _orders_and_sides(conn: sqlite3.Connection) -> None:
     schema above); a signed legacy ``pending_qty`` becomes the in-flight quantity of its side."""
     decisions = _columns(conn, "decisions")
     for column, kind in (("order_doc", "TEXT"), ("version", "INTEGER NOT NULL DEFAULT 0"),
-                         ("open", "INTEGER NOT NULL DEFAULT 0"), ("updated_at", "TEXT")):  # fmt: skip
+                         ("open", "INTEGER NOT NULL DEFAULT 0"), ("updated_at", "TEXT"),
+                         ("client_order_id", "TEXT")):  # fmt: skip
         if column not in decisions:
             conn.execute(f"ALTER TABLE decisions ADD COLUMN {column} {kind}")
     positions = _columns(conn, "positions")
@@ -206,7 +220,9 @@ def _orders_and_sides(conn: sqlite3.Connection) -> None:
                 (canonical_decimal(max(signed, _ZERO)), canonical_decimal(max(-signed, _ZERO)),
                  tenant_id, account, symbol),
             )  # fmt: skip
-    conn.execute("CREATE INDEX IF NOT EXISTS decisions_open ON decisions (open, updated_at)")
+    conn.execute("CREATE INDEX IF NOT EXISTS decisions_open ON decisions (open, updated_at, path)")
+    conn.execute("CREATE INDEX IF NOT EXISTS decisions_by_client_order_id ON decisions (client_order_id)")
+    conn.execute("CREATE INDEX IF NOT EXISTS ledger_by_written_at ON ledger_trades (written_at, path)")
 
 
 def _slots_taken(conn: sqlite3.Connection, tenant_id: str, trading_day: str) -> int:
@@ -242,6 +258,11 @@ def _free_slot(
         key,
     ).fetchone()[0]
     return (int(hole) if int(hole) < limit else None), taken
+
+
+def _sortable(moment: datetime) -> str:
+    """UTC, fixed width: text order is time order (what the open-orders index sorts by)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _position_key(result: ExecutionResult) -> tuple[str, str, str]:
@@ -456,6 +477,62 @@ class SQLiteExecutionStore:
         for status, result, order_doc in rows:
             yield _stored(status, result, order_doc)
 
+    def find_order(self, tenant_id: str, client_order_id: str) -> StoredExecution | None:
+        prefix = _prefix_range(tenant_collection_path(tenant_id, "decisions") + "/")
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT status, result, order_doc FROM decisions WHERE client_order_id = ? "
+                "AND path >= ? AND path < ?",
+                (client_order_id, *prefix),
+            ).fetchone()
+        return _stored(*row) if row else None
+
+    def open_orders(
+        self, updated_before: datetime, after: OrderCursor | None = None, limit: int = 100
+    ) -> list[StoredExecution]:
+        start = (_sortable(after.updated_at), after.path) if after else ("", "")
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT status, result, order_doc FROM decisions WHERE open = 1 AND updated_at < ? "
+                "AND (updated_at, path) > (?, ?) ORDER BY updated_at, path LIMIT ?",
+                (_sortable(updated_before), *start, limit),
+            ).fetchall()
+        return [_stored(*row) for row in rows]
+
+    def ledger_entries_since(self, written_since: datetime) -> Iterator[LedgerEntry]:
+        # written_at is SQLite's own clock, 'YYYY-MM-DDTHH:MM:SS.SSSZ': text order is time order.
+        since = written_since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT document FROM ledger_trades WHERE written_at >= ? ORDER BY written_at, path", (since,)
+            ).fetchall()
+        for (document,) in rows:
+            yield from_json(LEDGER_ENTRIES, document)
+
+    def all_positions(self) -> dict[tuple[str, str, str], tuple[Decimal, Decimal, Decimal]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT tenant_id, broker_account_id, symbol, qty, pending_buy_qty, pending_sell_qty "
+                "FROM positions"
+            ).fetchall()
+        return {(t, a, s): (Decimal(q), Decimal(b), Decimal(p)) for t, a, s, q, b, p in rows}
+
+    def get_ops_state(self, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT document FROM ops_state WHERE path = ?", (ops_state_path(name),)
+            ).fetchone()
+        return orjson.loads(row[0]) if row else None  # type: ignore[no-any-return]
+
+    def put_ops_state(self, name: str, state: dict[str, Any]) -> None:
+        document = orjson.dumps(state).decode()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO ops_state (path, document) VALUES (?, ?) "
+                "ON CONFLICT (path) DO UPDATE SET document = excluded.document",
+                (ops_state_path(name), document),
+            )
+
     # -- writes (each one atomic commit) ---------------------------------------------------
 
     @staticmethod
@@ -553,9 +630,10 @@ class SQLiteExecutionStore:
             claimed = replace(order, slot=slot)
             conn.execute(
                 "INSERT INTO decisions (path, tenant_id, status, decided_at, result, order_doc, version, "
-                "open, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                "open, updated_at, client_order_id) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
                 (path, result.tenant_id, result.status.value, result.decided_at.isoformat(), result_json,
-                 to_json(ORDERS, claimed), claimed.version, claimed.updated_at.isoformat()),
+                 to_json(ORDERS, claimed), claimed.version, _sortable(claimed.updated_at),
+                 claimed.client_order_id),
             )  # fmt: skip
         return Claim(ClaimOutcome.CLAIMED, stored=StoredExecution(result, claimed), risk=decision)
 
@@ -563,7 +641,8 @@ class SQLiteExecutionStore:
         result, order = update.result, update.order
         path = decision_path(result.tenant_id, decision_id_for(result.tenant_id, result.idempotency_key))
         values = (result.status.value, to_json(RESULTS, result), to_json(ORDERS, order), order.version,
-                  0 if order.state.terminal else 1, order.updated_at.isoformat(), path)  # fmt: skip
+                  0 if order.state.terminal else 1, _sortable(order.updated_at), order.client_order_id,
+                  path)  # fmt: skip
         rows = [(t.path, t.tenant_id, t.trade_id, t.executed_at.isoformat(), to_json(LEDGER_ENTRIES, t))
                 for t in update.trades]  # fmt: skip
         key = _position_key(result)
@@ -596,7 +675,7 @@ class SQLiteExecutionStore:
                     raise LedgerIntegrityError(f"daily slot {update.release_slot} is not held")
             conn.execute(
                 "UPDATE decisions SET status = ?, result = ?, order_doc = ?, version = ?, open = ?, "
-                "updated_at = ? WHERE path = ?",
+                "updated_at = ?, client_order_id = ? WHERE path = ?",
                 values,
             )
         return OrderCommit(True, StoredExecution(result, order))

@@ -42,15 +42,26 @@ class VenueRouter(Broker):
         return venue.submit_order(request)
 
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
-        seen: set[int] = set()
-        for venue in self.venues.values():
-            if venue is None or id(venue) in seen:
-                continue
-            seen.add(id(venue))
+        for venue in self._distinct_venues():
             order = venue.get_order_by_client_order_id(client_order_id)
             if order is not None:
                 return order
         return None
+
+    def cancel_order(self, client_order_id: str) -> None:
+        """The venue that has the order cancels it."""
+        for venue in self._distinct_venues():
+            if venue.get_order_by_client_order_id(client_order_id) is not None:
+                venue.cancel_order(client_order_id)
+                return
+        raise BrokerRejectedError(f"no venue has order {client_order_id}", ReasonCode.ORDER_NOT_CANCELABLE)
+
+    def _distinct_venues(self) -> list[Broker]:
+        seen: dict[int, Broker] = {}
+        for venue in self.venues.values():
+            if venue is not None:
+                seen.setdefault(id(venue), venue)
+        return list(seen.values())
 
 
 VENUE_NAMES = ("alpaca", "paper", "none")

@@ -113,6 +113,17 @@ class ExecutionResult:
         return self.broker_order.client_order_id if self.broker_order else None
 
 
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    """What asking to cancel an order did. ``requested``: the broker took the request (the order
+    may still fill before the cancel lands: ``result`` is the order as the broker reported it next)."""
+
+    requested: bool
+    reason_code: ReasonCode
+    reason: str
+    result: ExecutionResult
+
+
 IN_FLIGHT_REASON = "Another worker holds this idempotency key and is calling the broker"
 
 

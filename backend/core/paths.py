@@ -104,3 +104,8 @@ def slot_probe_order(tenant_id: str, idempotency_key: str, daily_limit: int) -> 
     start = int(_digest(tenant_id, idempotency_key)[:8], 16) % daily_limit
     for offset in range(daily_limit):
         yield (start + offset) % daily_limit
+
+
+def ops_state_path(name: str) -> str:
+    """Where a scheduled job keeps its state between runs (a cursor, a watermark): ``ops/{name}``."""
+    return f"ops/{_segment(name, 'name')}"

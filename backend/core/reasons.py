@@ -34,6 +34,7 @@ class ReasonCode(StrEnum):
     ORDER_EXPIRED = "ORDER_EXPIRED"  # its time in force ran out before anything filled
     NEVER_PLACED = "NEVER_PLACED"  # proven absent at the broker after the reconcile window: released
     INTENT_EXPIRED = "INTENT_EXPIRED"  # too old to send again after a lost submit: released
+    ORDER_NOT_CANCELABLE = "ORDER_NOT_CANCELABLE"  # final at the broker already, or not there
     IN_FLIGHT = "IN_FLIGHT"
     DRY_RUN = "DRY_RUN"
 

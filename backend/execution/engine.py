@@ -59,6 +59,7 @@ from backend.core.orders import (
     IN_FLIGHT_REASON,
     BrokerOrder,
     BrokerOrderStatus,
+    CancelOutcome,
     ExecutionResult,
     ExecutionStatus,
     OrderRequest,
@@ -315,6 +316,39 @@ class ExecutionEngine:
         if now < order.updated_at + self.reconcile_after:
             return self._answer(stored)
         return self._resend_or_release(stored, quote)
+
+    def cancel(self, stored: StoredExecution) -> CancelOutcome:
+        """Cancel a resting order through the broker; its state then comes from the broker's
+        report (settled like any other change), never from the request itself."""
+        current = self.settle(stored)  # up to date first: it may have filled or ended meanwhile
+        state = current.order_state
+        if state is None or state.terminal or state in _UNSETTLED_STATES:
+            what = state.value if state else current.status.value
+            reason = f"Nothing to cancel: the order is {what}"
+            log_event(logger, "exec.cancel_refused", reason, idempotency_key=current.idempotency_key)
+            return CancelOutcome(False, ReasonCode.ORDER_NOT_CANCELABLE, reason, current)
+        client_order_id = client_order_id_for(current.tenant_id, current.idempotency_key)
+        try:
+            self.broker.cancel_order(client_order_id)
+        except BrokerRejectedError as exc:
+            refused = self._settle_key(current)
+            log_event(logger, "exec.cancel_refused", f"Broker refused the cancel: {exc}",
+                      idempotency_key=current.idempotency_key, client_order_id=client_order_id)  # fmt: skip
+            return CancelOutcome(False, exc.code, f"Broker refused the cancel: {exc}", refused)
+        except BrokerOutcomeUnknownError as exc:
+            unknown = self._settle_key(current)
+            reason = f"Cancel sent, answer lost ({exc}): the order's next report settles it"
+            log_event(logger, "exec.cancel_unknown", reason, logging.WARNING, client_order_id=client_order_id)
+            return CancelOutcome(True, ReasonCode.BROKER_OUTCOME_UNKNOWN, reason, unknown)
+        settled = self._settle_key(current)
+        reason = f"Cancel requested; the order is {settled.order_state.value if settled.order_state else '?'}"
+        log_event(logger, "exec.cancel_requested", reason, idempotency_key=current.idempotency_key,
+                  client_order_id=client_order_id)  # fmt: skip
+        return CancelOutcome(True, ReasonCode.OK, reason, settled)
+
+    def _settle_key(self, result: ExecutionResult) -> ExecutionResult:
+        stored = self.store.get_execution(result.tenant_id, result.idempotency_key)
+        return self.settle(stored) if stored is not None else result
 
     # -- outcomes ----------------------------------------------------------------------------
 

@@ -115,9 +115,23 @@ class Broker(ABC):
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
         """Look an order up after an unknown outcome."""
 
+    @abstractmethod
+    def cancel_order(self, client_order_id: str) -> None:
+        """Ask the broker to cancel a resting order. ``BrokerRejectedError``: it cannot (final
+        already, or unknown there); ``BrokerOutcomeUnknownError``: the answer was lost. Either way
+        the order's state comes from the broker's next report, never from this call."""
+
 
 class LedgerIntegrityError(RuntimeError):
     """A write that the ledger's invariants forbid (a second row for one trade id)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCursor:
+    """Where a sweep over open orders stopped: the last order's change time and document path."""
+
+    updated_at: datetime
+    path: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +236,33 @@ class ExecutionStore(Protocol):
         ...
 
     def daily_slots_taken(self, tenant_id: str, trading_day: str) -> int: ...
+
+    def find_order(self, tenant_id: str, client_order_id: str) -> StoredExecution | None:
+        """A tenant's order by its client order id (the broker's name for it)."""
+        ...
+
+    def open_orders(
+        self, updated_before: datetime, after: OrderCursor | None = None, limit: int = 100
+    ) -> list[StoredExecution]:
+        """Orders of every tenant not in a final state whose last change is older than
+        ``updated_before``, oldest change first, from after ``after``: an indexed query."""
+        ...
+
+    def ledger_entries_since(self, written_since: datetime) -> Iterator[LedgerEntry]:
+        """Every tenant's ledger entries written at or after ``written_since``, in writing order:
+        an indexed query on the server's write time."""
+        ...
+
+    def all_positions(self) -> dict[tuple[str, str, str], tuple[Decimal, Decimal, Decimal]]:
+        """(tenant, account, symbol) -> (booked qty, in-flight buys, in-flight sells), every tenant."""
+        ...
+
+    def get_ops_state(self, name: str) -> dict[str, Any] | None:
+        """What a scheduled job kept between runs (``ops/{name}``): JSON values only (times as
+        RFC 3339 text), so both stores give back exactly what was put."""
+        ...
+
+    def put_ops_state(self, name: str, state: dict[str, Any]) -> None: ...
 
     def record_fee_adjustment(self, adjustment: LedgerFeeAdjustment) -> bool:
         """The adjustment's ledger entry and its change to the position, in one commit; False when

@@ -249,6 +249,30 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
         order = self._lookup(client_order_id)
         return to_broker_order(order) if order is not None else None
 
+    def cancel_order(self, client_order_id: str) -> None:
+        """Cancel by Alpaca's order id (looked up by client order id). 422: final already (or not
+        cancelable); 404: Alpaca has no such order; a lost answer is unknown, not a refusal."""
+        try:
+            order = self._lookup(client_order_id)
+        except (APIError, *NETWORK_ERRORS, *MALFORMED_ANSWERS) as error:
+            raise BrokerOutcomeUnknownError(f"cancel: lookup failed ({type(error).__name__})") from error
+        if order is None:
+            raise BrokerRejectedError(
+                f"Alpaca has no order {client_order_id}", ReasonCode.ORDER_NOT_CANCELABLE
+            )
+        try:
+            self._client.cancel_order_by_id(order.id)
+        except APIError as error:
+            if error.status_code in (404, 422):
+                raise BrokerRejectedError(
+                    f"Alpaca {error.status_code}: {message_of(error)}", ReasonCode.ORDER_NOT_CANCELABLE
+                ) from error
+            raise BrokerOutcomeUnknownError(f"cancel: Alpaca {error.status_code}") from error
+        except (*NETWORK_ERRORS, *MALFORMED_ANSWERS) as error:
+            raise BrokerOutcomeUnknownError(f"cancel: {type(error).__name__}") from error
+        log_event(logger, "alpaca.cancel_requested", f"Cancel requested for {client_order_id}",
+                  client_order_id=client_order_id, broker_order_id=str(order.id))  # fmt: skip
+
     def asset_fee_activities(self, day: date) -> list[AssetFeeActivity]:
         """The crypto fees Alpaca took in an asset on ``day`` (``CFEE`` account activities, read
         through the SDK's generic request: alpaca-py has no model for them), every page."""
