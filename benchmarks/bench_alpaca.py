@@ -46,7 +46,13 @@ OPTIONS = [f"SPY2512{19 + i // 4:02d}{'CP'[i % 2]}00{450 + i:03d}000" for i in r
 
 def settings_for(url: str) -> AlpacaSettings:
     return AlpacaSettings(
-        api_key_id="bench", secret_key="bench", trading_url=url, data_url=url, timeout_s=5, quote_ttl_s=30
+        trading_requests_per_minute=0,  # the adapter is measured here, not the pace
+        api_key_id="bench",
+        secret_key="bench",
+        trading_url=url,
+        data_url=url,
+        timeout_s=5,
+        quote_ttl_s=30,
     )
 
 

@@ -80,6 +80,9 @@ class ChaosRun:
     intent_ttl_s: float = 5.0  # lost sends found later than this are released, not sent again
     client_timeout_s: float = 0.3
     max_rounds: int = 40
+    # What settles the orders left open after the first deliveries: "deliveries" (each open order's
+    # intent delivered again) or "sweeper" (two settlement sweepers at once, no delivery).
+    finish_with: str = "deliveries"
     # For proving the checks can fail, a recording bug planted in every worker's store:
     # "drop-ledger-rows" commits order updates without their ledger rows; "keep-slots" never gives
     # a daily slot back; "leak-in-flight" never gives an in-flight quantity back.
@@ -112,7 +115,7 @@ class ChaosReport:
         return (
             f"{verdict}: {self.config['intents']} intents on {self.config['store']}, {self.deliveries} "
             f"deliveries ({self.duplicate_deliveries} concurrent duplicates, {self.redelivery_rounds} "
-            f"re-delivery rounds) in {self.seconds:.1f}s\n"
+            f"settling rounds: {self.config['finish_with']}) in {self.seconds:.1f}s\n"
             f"  faults in {self.fault_share:.1%} of {self.broker_calls} order calls: {self.faults_by_kind}\n"
             f"  workers killed: {crashes}; restarts {self.worker_restarts}\n"
             f"  orders at the broker {self.orders_at_broker}, ledger rows {self.ledger_rows}, "
@@ -161,6 +164,7 @@ def _settings_env(config: ChaosRun, alpaca_url: str) -> dict[str, str]:
         "EXEC_ALPACA_FILL_POLLS": "2",
         "EXEC_ALPACA_FILL_POLL_S": "0.01",
         "EXEC_ALPACA_QUOTE_TTL_S": "0.5",
+        "EXEC_ALPACA_TRADING_REQUESTS_PER_MINUTE": "0",  # the simulator does not limit; chaos is about faults
     }
     if config.store == "firestore":
         env.update(EXEC_STORE="firestore", FIRESTORE_EMULATOR_HOST=config.firestore_host or "",
@@ -297,10 +301,24 @@ def _worker(
         crashes.enabled = crash_enabled
         answer.send(("start", index))
         try:
-            outcome = engine.execute_intent(intent_data(config, index))
-            answer.send(("done", index, outcome.status.value))
+            answer.send(("done", index, _work(config, engine, index)))
         except Exception as exc:  # noqa: BLE001 - reported: a delivery that fails is delivered again
             answer.send(("error", index, f"{type(exc).__name__}: {exc}"))
+
+
+SWEEP = -1  # the task "run the settlement sweeper", beside intent indexes
+
+
+def _work(config: ChaosRun, engine: Any, index: int) -> str:
+    if index == SWEEP:
+        from datetime import datetime, timedelta
+
+        from backend.execution.settings import SweepLimits
+        from backend.execution.settlement_sweep import sweep_open_orders
+
+        limits = SweepLimits(older_than=timedelta(seconds=config.lease_s), max_orders=config.intents)
+        return f"swept {sweep_open_orders(engine, limits, datetime.now(UTC)).examined}"
+    return str(engine.execute_intent(intent_data(config, index)).status.value)
 
 
 class _Pool:
@@ -490,8 +508,11 @@ def _deliver_everything(pool: _Pool, config: ChaosRun, report: ChaosReport, env:
             if not unsettled and open_orders == before:
                 break  # only resting orders left, and a whole round changed none of them
             before = open_orders
-            pending = sorted(open_orders)
             report.redelivery_rounds += 1
+            if config.finish_with == "sweeper":
+                errors += pool.deliver([SWEEP, SWEEP], crash_enabled=False)  # two sweepers at once
+                continue
+            pending = sorted(open_orders)
             again = pending + [i for i in pending if rng.random() < config.duplicate_rate]
             report.duplicate_deliveries += len(again) - len(pending)
             errors += pool.deliver(again, crash_enabled=round_number < 3)

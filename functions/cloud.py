@@ -91,14 +91,22 @@ def ledger_created(document: dict[str, Any] | None, path: str) -> Any:
         raise
 
 
-def redrive_portfolio(since_hours: float = 48) -> Any:
-    """Fan out the ledger rows of the last ``since_hours`` that have no history entry (the stores
-    only: this function holds no broker keys)."""
+def redrive_portfolio() -> Any:
+    """Fan out the ledger entries written since the last run's watermark that have no history
+    entry (the stores only: this function holds no broker keys)."""
     _logging()
-    from datetime import timedelta
-
-    from backend.execution.fanout import redrive
+    from backend.execution.fanout import scheduled_redrive
     from functions.app import stores
 
     built = stores()
-    return redrive(built.ledger, built.portfolio, since=datetime.now(UTC) - timedelta(hours=since_hours))
+    return scheduled_redrive(built.ledger, built.portfolio, datetime.now(UTC))
+
+
+def settle_orders() -> Any:
+    """The settlement sweeper: open orders no delivery came back for, settled from the broker."""
+    _logging()
+    from backend.execution.settlement_sweep import sweep_open_orders
+    from functions.app import services
+
+    built = services()
+    return sweep_open_orders(built.engine, built.settings.sweep_limits(), datetime.now(UTC))

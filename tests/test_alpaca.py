@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alpaca.common.exceptions import APIError
 from pydantic import ValidationError
 
 from backend.adapters.alpaca.broker import AlpacaBroker
+from backend.adapters.alpaca.http import RequestPacer
 from backend.adapters.alpaca.market_data import AlpacaMarketData
 from backend.adapters.alpaca.settings import AlpacaSettings
 from backend.adapters.market_data import StaticMarketData
@@ -36,10 +38,10 @@ from backend.execution.engine import (
     RiskManager,
     SmartRouter,
 )
-from backend.execution.ports import SystemClock
+from backend.execution.ports import ManualClock, SystemClock
 from backend.execution.settings import ExecSettings
 from backend.observability.logging import configure_logging
-from devtools.alpaca_simulator import FakeAlpaca, Fault, running
+from devtools.alpaca_simulator import FakeAlpaca, Fault, RateLimit, running
 
 SECRET = "s3cr3t-do-not-log"
 ORDERS = "/v2/orders"
@@ -66,6 +68,7 @@ def alpaca_url(fake: FakeAlpaca) -> Iterator[str]:
 @pytest.fixture
 def settings(alpaca_url: str) -> AlpacaSettings:
     return AlpacaSettings(
+        trading_requests_per_minute=0,  # not what this is about: the pace has its own test
         api_key_id="test-key",
         secret_key=SECRET,
         trading_url=alpaca_url,
@@ -508,3 +511,52 @@ class TestVenueTable:
             build_venues({"FOREX": "alpaca"}, make_alpaca, lambda: paper)
         with pytest.raises(ValueError, match="unknown venue 'ibkr'"):
             build_venues({"EQUITY": "ibkr"}, make_alpaca, lambda: paper)
+
+
+class TestPacing:
+    def test_the_pace_allows_at_most_n_requests_in_any_minute(self) -> None:
+        now = [0.0]
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            now[0] += seconds
+
+        pacer = RequestPacer(3, clock=lambda: now[0], sleep=sleep)
+        sent = []
+        for moment in (0.0, 1.0, 2.0, 2.5, 30.0, 61.0):
+            now[0] = max(now[0], moment)
+            pacer.acquire()
+            sent.append(now[0])
+        assert sent == [0.0, 1.0, 2.0, 60.0, 61.0, 62.0]  # the 4th waits for the 1st to age out
+        assert all(sum(1 for t in sent if start <= t < start + 60) <= 3 for start in sent)
+        assert pacer.waited_s == sum(waits)
+        RequestPacer(0, clock=lambda: now[0], sleep=sleep).acquire()  # 0: not paced
+
+    def test_a_paced_broker_is_never_throttled_by_alpacas_limit(
+        self, fake: FakeAlpaca, alpaca_url: str
+    ) -> None:
+        # The simulator enforces 10 requests per minute; the broker paces itself to 10: 25 lookups
+        # all answer, waiting (on a shared manual clock) instead of being refused with 429.
+        clock = ManualClock(datetime(2026, 3, 2, 15, 30, tzinfo=UTC))
+        fake.clock, fake.rate_limit = clock.now, RateLimit(requests=10, window_s=60)
+        pacer = RequestPacer(
+            10, clock=lambda: clock.now().timestamp(), sleep=lambda s: clock.advance(timedelta(seconds=s))
+        )
+        settings = AlpacaSettings(
+            api_key_id="paced", secret_key="s", trading_url=alpaca_url, data_url=alpaca_url, timeout_s=2,
+            read_attempts=1,
+        )  # fmt: skip
+        broker = AlpacaBroker(settings, pacer=pacer)
+        for index in range(25):
+            assert broker.get_order_by_client_order_id(f"msr-none-{index}") is None
+        assert fake.throttled == 0
+        assert pacer.waited_s >= 120  # 25 requests at 10 a minute: two full waits
+        unpaced = AlpacaBroker(
+            settings.model_copy(update={"api_key_id": "unpaced", "trading_requests_per_minute": 0})
+        )
+        for index in range(10):
+            unpaced.get_order_by_client_order_id(f"msr-none-{index}")
+        with pytest.raises(APIError, match="rate limit"):  # the 11th in the minute: refused
+            unpaced.get_order_by_client_order_id("msr-none-10")
+        assert fake.throttled == 1

@@ -79,6 +79,7 @@ def sdk(url: str, timeout_s: float = 0.3) -> TradingClient:
 def adapter(url: str, sleep: Callable[[float], None] = time.sleep, **overrides: Any) -> AlpacaBroker:
     """The project's adapter with short timeouts and waits; ``overrides`` are settings."""
     settings = AlpacaSettings(
+        trading_requests_per_minute=0,  # not what this is about: the pace has its own test
         api_key_id="k", secret_key="s", trading_url=url, data_url=url, timeout_s=0.2, read_attempts=2,
         backoff_s=0.02, max_wait_s=0.05, lookup_grace_s=0.1, fill_polls=3, fill_poll_s=0.0,
     )  # fmt: skip

@@ -32,6 +32,18 @@ def test_chaos_on_the_embedded_store(tmp_path: Any) -> None:
     assert_chaos_held(report, 0.2)
 
 
+def test_chaos_settled_by_the_sweeper_alone(tmp_path: Any) -> None:
+    """No intent is delivered again after the first deliveries: two settlement sweepers at once
+    settle what was left, and the same invariants hold."""
+    report = run_chaos(
+        ChaosRun(
+            intents=150, workers=4, crash_rate=0.04, seed=17, finish_with="sweeper", workdir=str(tmp_path)
+        )
+    )
+    print(report.summary())
+    assert_chaos_held(report, 0.2)
+
+
 def test_chaos_on_the_firestore_emulator(firestore_emulator: Any, tmp_path: Any) -> None:
     # The emulator resolves a contended transaction after a ~2 s lock wait, and keeps the locks of a
     # transaction its worker died in for ~17 s: the intents spread over more instruments (each

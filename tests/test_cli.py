@@ -185,6 +185,7 @@ def ledger_path(tmp_path: Path, simulator: tuple[FakeAlpaca, str], monkeypatch: 
 def buy_btc_twice(path: Path, url: str) -> date:
     """Two 0.1 BTC buys through the engine and Alpaca's SDK; returns the UTC day they filled on."""
     settings = AlpacaSettings(
+        trading_requests_per_minute=0,  # not what this is about: the pace has its own test
         api_key_id="k", secret_key="s", trading_url=url, data_url=url, timeout_s=2, fill_poll_s=0.01,
         backoff_s=0.01, quote_ttl_s=0,
     )  # fmt: skip

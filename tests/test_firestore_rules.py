@@ -24,13 +24,14 @@ RULES = Path(__file__).resolve().parents[1] / "firestore.rules"
 PATHS = {
     "ledger": "tenants/t1/ledger_trades/tr_1",
     "decision": "tenants/t1/decisions/dc_1",
-    "counter": "tenants/t1/daily_trade_counts/2026-03-02",
+    "slot": "tenants/t1/daily_trade_slots/2026-03-02~0000",
     "position": "tenants/t1/positions/acct~AAPL",
     "strategy": "tenants/t1/strategies/s1",
     "history": "users/u1/portfolio/history/trades/tr_1",
     "lots": "users/u1/portfolio/tax/lots/acct~AAPL",
     "settings": "users/u1/portfolio/settings",
     "profile": "users/u1",
+    "sweep state": "ops/settlement_sweep",
     "elsewhere": "misc/anything",
 }
 

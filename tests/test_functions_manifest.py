@@ -28,6 +28,7 @@ def test_every_function_and_its_trigger(manifest: dict[str, Any]) -> None:
         "run_strategy",
         "fan_out_ledger_trade",
         "redrive_portfolio",
+        "settle_orders",
     }
     assert endpoints["execute"]["httpsTrigger"] == {}
     run = endpoints["run_strategy"]["eventTrigger"]
@@ -41,10 +42,13 @@ def test_every_function_and_its_trigger(manifest: dict[str, Any]) -> None:
     assert endpoints["schedule_strategy_runs"]["scheduleTrigger"]["schedule"] == "every 5 minutes"
     assert endpoints["schedule_strategy_runs"]["scheduleTrigger"]["timeZone"] == "UTC"
     assert endpoints["redrive_portfolio"]["scheduleTrigger"]["schedule"] == "every 30 minutes"
+    sweep = endpoints["settle_orders"]["scheduleTrigger"]
+    assert (sweep["schedule"], sweep["timeZone"]) == ("every 5 minutes", "UTC")
+    assert endpoints["settle_orders"]["timeoutSeconds"] == 300
 
 
 def test_broker_keys_are_secrets_of_the_functions_that_trade(manifest: dict[str, Any]) -> None:
-    for name in ("execute", "run_strategy"):
+    for name in ("execute", "run_strategy", "settle_orders"):
         assert {s["key"] for s in manifest["endpoints"][name]["secretEnvironmentVariables"]} == BROKER_KEYS
     for name in ("fan_out_ledger_trade", "schedule_strategy_runs", "redrive_portfolio"):
         assert manifest["endpoints"][name]["secretEnvironmentVariables"] == []
@@ -59,7 +63,8 @@ def test_a_served_function_gets_only_the_secrets_its_manifest_declares(
         monkeypatch.setenv(key, "from-the-test-process")
     given = {key: f"given-{key}" for key in BROKER_KEYS}
     assert set(manifest_secrets()) == {
-        "execute", "schedule_strategy_runs", "run_strategy", "fan_out_ledger_trade", "redrive_portfolio"
+        "execute", "schedule_strategy_runs", "run_strategy", "fan_out_ledger_trade", "redrive_portfolio",
+        "settle_orders",
     }  # fmt: skip
     for name, declared in manifest_secrets().items():
         environment = ServedFunction.for_manifest(name, {"EXEC_DRY_RUN": "0"}, given).environment()

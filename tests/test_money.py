@@ -183,6 +183,7 @@ def fake() -> FakeAlpaca:
 def alpaca(fake: FakeAlpaca) -> Iterator[tuple[AlpacaBroker, AlpacaMarketData]]:
     with running(fake) as url:
         settings = AlpacaSettings(
+        trading_requests_per_minute=0,  # not what this is about: the pace has its own test
             api_key_id="k", secret_key="s", trading_url=url, data_url=url, timeout_s=2, fill_poll_s=0.01,
             backoff_s=0.01, quote_ttl_s=0,
         )  # fmt: skip

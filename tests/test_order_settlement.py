@@ -45,6 +45,7 @@ def fake() -> FakeAlpaca:
 def alpaca(fake: FakeAlpaca) -> Iterator[AlpacaSettings]:
     with running(fake) as url:
         yield AlpacaSettings(
+        trading_requests_per_minute=0,  # not what this is about: the pace has its own test
             api_key_id="k", secret_key="s", trading_url=url, data_url=url, timeout_s=1, backoff_s=0.01,
             max_wait_s=0.05, lookup_grace_s=0.2, fill_polls=2, fill_poll_s=0.01, quote_ttl_s=0,
         )  # fmt: skip

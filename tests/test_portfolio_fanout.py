@@ -6,7 +6,7 @@ import io
 import json
 import random
 from dataclasses import fields, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +21,7 @@ from backend.core.portfolio import PortfolioTrade
 from backend.core.risk import RiskLimits
 from backend.core.tax_lots import HoldingPeriod, LotMethod
 from backend.execution.engine import ExecutionEngine, ExecutionStatus, RiskManager, SmartRouter
-from backend.execution.fanout import fan_out_ledger_trade, redrive
+from backend.execution.fanout import fan_out_ledger_trade, redrive, scheduled_redrive
 from backend.execution.ports import ManualClock
 from backend.execution.settings import ExecSettings
 from backend.observability.logging import configure_logging
@@ -187,14 +187,30 @@ def test_lot_method_per_user_and_per_call(
 def test_redrive_fans_out_what_was_missed_once(
     store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
 ) -> None:
-    trades = trade_script(store, market, clock, fan_out=False)
+    written_from = datetime.now(UTC) - timedelta(seconds=5)  # entries are stamped with write time
+    trade_script(store, market, clock, fan_out=False)
     assert store.history(UID) == []
-    first = redrive(store, store, "acme_corp")
+    first = redrive(store, store, written_from, tenant_id="acme_corp")
     assert (first.scanned, first.fanned_out) == (4, 4)
     assert len(store.history(UID)) == 4
-    assert redrive(store, store, "acme_corp").fanned_out == 0
-    since = max(t.executed_at for t in trades)
-    assert redrive(store, store, "acme_corp", since=since).scanned == 1
+    assert redrive(store, store, written_from).fanned_out == 0
+    assert redrive(store, store, datetime.now(UTC) + timedelta(minutes=1)).scanned == 0  # an indexed window
+    assert redrive(store, store, written_from, tenant_id="someone_else").scanned == 0
+
+
+def test_scheduled_redrive_starts_from_its_watermark(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
+) -> None:
+    trade_script(store, market, clock, fan_out=False)
+    now = datetime.now(UTC)
+    first = scheduled_redrive(store, store, now)
+    assert (first.since, first.fanned_out) == (now - timedelta(hours=48), 4)
+    later = now + timedelta(hours=1)
+    second = scheduled_redrive(store, store, later)
+    assert second.since == now - timedelta(minutes=10)  # the previous run's start, with an overlap
+    assert second.scanned == 4  # written within the overlap: looked at again, already fanned out
+    assert second.fanned_out == 0
+    assert scheduled_redrive(store, store, later + timedelta(hours=1)).scanned == 0
 
 
 def test_failed_fan_out_keeps_the_trade_and_is_logged(
@@ -219,7 +235,7 @@ def test_failed_fan_out_keeps_the_trade_and_is_logged(
     assert failure["severity"] == "ERROR"
     assert "firestore unavailable" in failure["exception"]
     monkeypatch.undo()
-    assert redrive(store, store).fanned_out == 1
+    assert redrive(store, store, datetime.now(UTC) - timedelta(minutes=1)).fanned_out == 1
 
 
 def test_trigger_entry_point_takes_the_ledger_document_as_firestore_delivers_it(

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -72,31 +72,60 @@ def fan_out_ledger_document(
 
 @dataclass(frozen=True, slots=True)
 class RedriveReport:
+    since: datetime
     scanned: int
     fanned_out: int
+
+
+REDRIVE_STATE = "portfolio_redrive"
+# The next run starts this far before the last one did: an entry written while a run was
+# scanning (server time against this clock) is not missed.
+REDRIVE_OVERLAP = timedelta(minutes=10)
+FIRST_REDRIVE_WINDOW = timedelta(hours=48)
 
 
 def redrive(
     ledger: ExecutionStore,
     portfolio: PortfolioStore,
+    since: datetime,
     tenant_id: str | None = None,
-    since: datetime | None = None,
 ) -> RedriveReport:
-    """Fan out every ledger row (of a tenant, executed at or after ``since``) that has no entry."""
+    """Fan out every ledger entry written at or after ``since`` (an indexed query on the write
+    time, across tenants) that has no history entry."""
     scanned = fanned_out = 0
-    for trade in ledger.iter_ledger_trades(tenant_id):
-        if since is not None and trade.executed_at < since:
+    for entry in ledger.ledger_entries_since(since):
+        if tenant_id is not None and entry.tenant_id != tenant_id:
             continue
         scanned += 1
-        if not portfolio.has_history(trade.uid, trade.trade_id):
-            fan_out_ledger_trade(trade, portfolio)
+        if not portfolio.has_history(entry.uid, entry.trade_id):
+            fan_out_ledger_trade(entry, portfolio)
             fanned_out += 1
     log_event(
         logger,
         "portfolio.redrive",
-        f"Re-drive: {fanned_out} of {scanned} ledger rows had no history entry",
+        f"Re-drive: {fanned_out} of {scanned} ledger entries written since {since.isoformat()} had no "
+        "history entry",
         tenant_id=tenant_id,
+        since=since.isoformat(),
         scanned=scanned,
         fanned_out=fanned_out,
     )
-    return RedriveReport(scanned, fanned_out)
+    return RedriveReport(since, scanned, fanned_out)
+
+
+def scheduled_redrive(ledger: ExecutionStore, portfolio: PortfolioStore, now: datetime) -> RedriveReport:
+    """The scheduled re-drive: from the watermark the previous run left (``ops/portfolio_redrive``),
+    or the last 48 hours the first time; leaves the next watermark for the next run."""
+    state = ledger.get_ops_state(REDRIVE_STATE) or {}
+    watermark = state.get("watermark")
+    since = datetime.fromisoformat(watermark) if watermark else now - FIRST_REDRIVE_WINDOW
+    report = redrive(ledger, portfolio, since)
+    ledger.put_ops_state(
+        REDRIVE_STATE,
+        {
+            "watermark": (now - REDRIVE_OVERLAP).isoformat(),
+            "scanned": report.scanned,
+            "fanned_out": report.fanned_out,
+        },
+    )
+    return report

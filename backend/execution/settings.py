@@ -6,6 +6,7 @@ A bad value fails at start-up with the variable's name, never at the first trade
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -29,6 +30,16 @@ DEFAULT_VENUES: dict[AssetClass, str] = {
     AssetClass.OPTIONS: "alpaca",
     AssetClass.FOREX: "paper",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class SweepLimits:
+    """The settlement sweeper's bounds (``EXEC_SWEEP_*``)."""
+
+    older_than: timedelta = timedelta(seconds=60)  # fresher orders are their delivery's to settle
+    max_orders: int = 500  # per run
+    max_seconds: float = 240.0  # per run: under a scheduled function's timeout
+    page_size: int = 100
 
 
 class ConfigurationError(ValueError):
@@ -66,6 +77,11 @@ class ExecSettings(BaseSettings):
     reconcile_after_seconds: Annotated[float, Field(ge=0)] = 60.0
     # How long after its first decision an intent whose send was lost may still be sent again.
     intent_ttl_seconds: Annotated[float, Field(gt=0)] = 300.0
+    # The settlement sweeper: open orders unchanged for this long are its to settle; per run at
+    # most this many orders and this many seconds (under the scheduled function's timeout).
+    sweep_after_seconds: Annotated[float, Field(ge=0)] = 60.0
+    sweep_max_orders: Annotated[int, Field(ge=1)] = 500
+    sweep_max_seconds: Annotated[float, Field(gt=0)] = 240.0
     # auto: the embedded store fans out inline; on Firestore the ledger trigger does it.
     fanout: Literal["auto", "inline", "trigger"] = "auto"
     # JSON overrides of the fee schedule's figures, e.g. '{"sec_fee_rate": "0", "as_of": "2025-05-14"}'.
@@ -77,6 +93,13 @@ class ExecSettings(BaseSettings):
     def _valid_fee_schedule(cls, value: str) -> str:
         _fee_schedule(value)
         return value
+
+    def sweep_limits(self) -> SweepLimits:
+        return SweepLimits(
+            older_than=timedelta(seconds=self.sweep_after_seconds),
+            max_orders=self.sweep_max_orders,
+            max_seconds=self.sweep_max_seconds,
+        )
 
     def fee_schedule_config(self) -> FeeSchedule:
         return _fee_schedule(self.fee_schedule)

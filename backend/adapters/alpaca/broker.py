@@ -30,7 +30,15 @@ from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
 from pydantic import ValidationError
 
 from backend.adapters import alpaca as alpaca_package
-from backend.adapters.alpaca.http import NETWORK_ERRORS, harden, message_of, retry_after_s, with_read_retries
+from backend.adapters.alpaca.http import (
+    NETWORK_ERRORS,
+    RequestPacer,
+    harden,
+    message_of,
+    pacer_for,
+    retry_after_s,
+    with_read_retries,
+)
 from backend.adapters.alpaca.settings import AlpacaSettings
 from backend.adapters.alpaca.symbols import instrument_from_alpaca, order_symbol
 from backend.core.fee_reconciliation import AssetFeeActivity
@@ -130,14 +138,19 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
         settings: AlpacaSettings | None = None,
         client: TradingClient | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        pacer: RequestPacer | None = None,
     ) -> None:
+        """``pacer``: the account's request pace (default: this process's pacer for the key)."""
         self.settings = settings or AlpacaSettings()
         self._client = client or TradingClient(
             **self.settings.required_credentials(),
             paper=self.settings.paper,
             url_override=self.settings.trading_url,
         )
-        harden(self._client, self.settings.timeout_s)
+        self.pacer = pacer or pacer_for(
+            self.settings.api_key_id or "", self.settings.trading_requests_per_minute
+        )
+        harden(self._client, self.settings.timeout_s, self.pacer)
         self._sleep = sleep
 
     # -- before the network -----------------------------------------------------------

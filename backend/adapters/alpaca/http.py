@@ -8,7 +8,9 @@ header); order submission is never retried blindly (see ``AlpacaBroker``).
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,19 +24,66 @@ TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 NETWORK_ERRORS = (requests.Timeout, requests.ConnectionError)
 
 
+class RequestPacer:
+    """At most ``per_minute`` requests in any 60 seconds (a sliding window): a request that would
+    exceed it waits until the oldest one in the window is a minute old. Alpaca allows 200 trading
+    requests per minute per account; one pacer per account and process (``pacer_for``) spaces a
+    sweep's or a run's requests instead of letting the broker answer 429."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.per_minute = per_minute
+        self._clock, self._sleep = clock, sleep
+        self._sent: deque[float] = deque()
+        self._lock = threading.Lock()
+        self.waited_s = 0.0  # how long requests have waited in all: for reports and tests
+
+    def acquire(self) -> None:
+        if self.per_minute <= 0:
+            return
+        with self._lock:  # requests queue up in order; one waits at a time
+            now = self._clock()
+            while self._sent and now - self._sent[0] >= 60:
+                self._sent.popleft()
+            if len(self._sent) >= self.per_minute:
+                wait = 60 - (now - self._sent[0])
+                self._sleep(wait)
+                self.waited_s += wait
+                now = self._clock()
+                self._sent.popleft()
+            self._sent.append(now)
+
+
+_PACERS: dict[tuple[str, int], RequestPacer] = {}
+_PACERS_LOCK = threading.Lock()
+
+
+def pacer_for(account: str, per_minute: int) -> RequestPacer:
+    """The one pacer of an account's trading requests in this process."""
+    with _PACERS_LOCK:
+        return _PACERS.setdefault((account, per_minute), RequestPacer(per_minute))
+
+
 class TimeoutSession(requests.Session):
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, pacer: RequestPacer | None = None) -> None:
         super().__init__()
         self.timeout_s = timeout_s
+        self.pacer = pacer
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         kwargs.setdefault("timeout", self.timeout_s)
+        if self.pacer is not None:
+            self.pacer.acquire()
         return super().request(method, url, *args, **kwargs)
 
 
-def harden(client: RESTClient, timeout_s: float) -> RESTClient:
-    """Give an alpaca-py client a timeout and take away its own retries."""
-    client._session = TimeoutSession(timeout_s)
+def harden(client: RESTClient, timeout_s: float, pacer: RequestPacer | None = None) -> RESTClient:
+    """Give an alpaca-py client a timeout (and a pace), and take away its own retries."""
+    client._session = TimeoutSession(timeout_s, pacer)
     client._retry = 0
     return client
 

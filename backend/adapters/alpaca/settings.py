@@ -49,6 +49,9 @@ class AlpacaSettings(BaseSettings):
     fill_poll_s: Annotated[float, Field(ge=0)] = 0.2
     # Quote cache: the cost check and the fill use the same snapshot within this lifetime.
     quote_ttl_s: Annotated[float, Field(ge=0)] = 1.0
+    # Trading requests this process sends per minute at most (Alpaca allows 200 per account);
+    # 0: not paced. Market data has its own, separate limit.
+    trading_requests_per_minute: Annotated[int, Field(ge=0)] = 190
 
     @property
     def has_credentials(self) -> bool:
