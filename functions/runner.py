@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from backend.core.instruments import AssetClass, instrument_for
-from backend.core.intents import METADATA_MAX_STRING, OrderIntent, Side
+from backend.core.intents import METADATA_MAX_STRING, KeySource, OrderIntent, Side
 from backend.core.orders import ExecutionResult
 from backend.core.quotes import Quote, to_decimal
 from functions.strategies.base_strategy import BaseStrategy, SignalType, TradingSignal
@@ -54,8 +54,9 @@ class Sizing:
 
 
 def run_idempotency_key(tenant_id: str, strategy_id: str, run_id: str, symbol: str) -> str:
-    """One key per (tenant, strategy, run, symbol): a redelivered run can never trade twice."""
-    return f"{tenant_id}:{strategy_id}:{run_id}:{symbol}"
+    """One key per (tenant, strategy, run, symbol): a redelivered run can never trade twice. In the
+    runner's namespace (``run:``): an HTTP caller cannot choose it."""
+    return KeySource.RUN.key(f"{tenant_id}:{strategy_id}:{run_id}:{symbol}")
 
 
 def intent_for_signal(

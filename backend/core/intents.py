@@ -26,6 +26,53 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from backend.core.instruments import AssetClass, Instrument, instrument_for
 
 
+class KeySource(StrEnum):
+    """Who chose an idempotency key. Keys are namespaced by source (``api:``, ``run:``), so a caller
+    of the HTTP API can never pick a key the strategy runner will use, and the reverse."""
+
+    API = "api"
+    RUN = "run"
+
+    def key(self, key: str) -> str:
+        return f"{self.value}:{key}"
+
+
+def legacy_key(key: str) -> str | None:
+    """The key as it was before namespaces (``api:abc`` -> ``abc``), or None for a key without one:
+    an order claimed before the upgrade is still found under it (its client order id unchanged)."""
+    source, separator, rest = key.partition(":")
+    return rest if separator and source in {s.value for s in KeySource} else None
+
+
+class IdempotencyConflict(ValueError):
+    """The key was used before for a different intent: answering the first one's result would
+    silently trade the wrong thing. ``fields`` names what differs."""
+
+    def __init__(self, key: str, fields: list[str]) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was used for a different intent ({', '.join(fields)} differ)"
+        )
+        self.key = key
+        self.fields = fields
+
+
+# What makes two intents the same trade. Metadata is not compared: a strategy's reasoning text may
+# be worded differently when a run is delivered again; it does not change what is traded.
+TRADING_FIELDS = (
+    "strategy_id",
+    "broker_account_id",
+    "symbol",
+    "side",
+    "qty",
+    "asset_class",
+    "estimated_slippage",
+)
+
+
+def differing_fields(first: OrderIntent, second: OrderIntent) -> list[str]:
+    return [name for name in TRADING_FIELDS if getattr(first, name) != getattr(second, name)]
+
+
 class Side(StrEnum):
     BUY = "buy"
     SELL = "sell"

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from backend.adapters.alpaca import AlpacaBroker  # the SDK loads when a broker is constructed
 from backend.core.fees import FeeSchedule, estimate_fees
 from backend.core.instruments import AssetClass
-from backend.core.intents import OrderIntent, Side
+from backend.core.intents import IdempotencyConflict, OrderIntent, Side, differing_fields, legacy_key
 from backend.core.ledger import LedgerTrade, build_fill_trade
 from backend.core.order_lifecycle import (
     Fill,
@@ -243,9 +243,9 @@ class ExecutionEngine:
         key = intent.resolved_idempotency_key()
         log_intent_received(intent, tenant_id, key)
 
-        stored = self.store.get_execution(tenant_id, key)
+        stored, key = self._stored_for(tenant_id, key, intent)
         if stored is not None:
-            return self._existing(stored, intent, quote)
+            return self._existing(stored, intent, quote, key)
 
         now = self.clock.now()
         if self.enable_smart_routing:
@@ -352,18 +352,42 @@ class ExecutionEngine:
 
     # -- outcomes ----------------------------------------------------------------------------
 
-    def _existing(self, stored: StoredExecution, intent: OrderIntent, quote: Quote | None) -> ExecutionResult:
+    def _stored_for(
+        self, tenant_id: str, key: str, intent: OrderIntent
+    ) -> tuple[StoredExecution | None, str]:
+        """What is stored for the key, or, for a namespaced key, for the same intent under the key
+        it had before namespaces (an order claimed before the upgrade keeps its client order id);
+        with the key it is stored under."""
+        stored = self.store.get_execution(tenant_id, key)
+        legacy = legacy_key(key) if stored is None and self.settings.legacy_idempotency_keys else None
+        if legacy is None:
+            return stored, key
+        before = self.store.get_execution(tenant_id, legacy)
+        if before is None or (before.result is not None and differing_fields(before.result.intent, intent)):
+            return None, key  # nothing there, or another intent's: the namespaced key is a new one
+        return before, legacy
+
+    def _existing(
+        self, stored: StoredExecution, intent: OrderIntent, quote: Quote | None, key: str
+    ) -> ExecutionResult:
         if stored.result is None:
-            stored = self._adopt_claim(stored, intent)
+            stored = self._adopt_claim(stored, intent, key)
+        assert stored.result is not None
+        different = differing_fields(stored.result.intent, intent)
+        if different:
+            log_event(logger, "exec.idempotency_conflict",
+                      f"Key {stored.result.idempotency_key} was used for a different intent: "
+                      f"{', '.join(different)} differ", logging.WARNING,
+                      idempotency_key=stored.result.idempotency_key, fields=different)  # fmt: skip
+            raise IdempotencyConflict(stored.result.idempotency_key, different)
         if stored.settled:
             return self._replay(stored.result)  # type: ignore[arg-type]
         return self.settle(stored, quote)
 
-    def _adopt_claim(self, stored: StoredExecution, intent: OrderIntent) -> StoredExecution:
+    def _adopt_claim(self, stored: StoredExecution, intent: OrderIntent, key: str) -> StoredExecution:
         """A claim written before orders were recorded carries no order: give it one, as the
         unsettled order it is (its in-flight quantity was reserved; it holds no slot)."""
         tenant_id = intent.tenant_id or self.settings.tenant_id
-        key = intent.resolved_idempotency_key()
         now = self.clock.now()
         order = OrderRecord(
             client_order_id=client_order_id_for(tenant_id, key),
@@ -445,7 +469,7 @@ class ExecutionEngine:
         claim = self.store.claim(pending, order, trading_day, self._daily_limit(), check)
         if claim.outcome is ClaimOutcome.DUPLICATE:
             assert claim.stored is not None
-            return self._existing(claim.stored, intent, None)
+            return self._existing(claim.stored, intent, None, draft.key)
         draft.risk = claim.risk
         if claim.outcome is ClaimOutcome.REFUSED:
             return self._finish_without_order(draft.risk_refusal())

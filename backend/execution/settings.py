@@ -75,6 +75,9 @@ class ExecSettings(BaseSettings):
     # An order the broker does not know this long after its last change (and after its lease) was
     # never placed: it is re-sent under the same client order id, or released.
     reconcile_after_seconds: Annotated[float, Field(ge=0)] = 60.0
+    # Keys are namespaced by source (api:, run:); an intent delivered again after the upgrade also
+    # finds what was stored under its key from before (0 once nothing from then is in flight).
+    legacy_idempotency_keys: bool = True
     # How long after its first decision an intent whose send was lost may still be sent again.
     intent_ttl_seconds: Annotated[float, Field(gt=0)] = 300.0
     # The settlement sweeper: open orders unchanged for this long are its to settle; per run at
