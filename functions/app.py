@@ -46,9 +46,9 @@ class Services:
     # needs no such turn-taking.
     one_at_a_time: Any = field(default_factory=contextlib.nullcontext)
 
-    def execute(self, intent: Any) -> Any:
+    def execute(self, intent: Any, *, trusted: bool = True) -> Any:
         with self.one_at_a_time:
-            return self.engine.execute_intent(intent)
+            return self.engine.execute_intent(intent, trusted=trusted)
 
 
 _lock = threading.RLock()

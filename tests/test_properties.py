@@ -141,6 +141,54 @@ def test_wider_spread_at_the_same_mid_is_downgraded_whenever_a_narrower_one_is(
 @PROPERTY_SETTINGS
 @given(
     symbol=symbols,
+    mid=mids,
+    relative_spread=thresholds,
+    threshold=thresholds,
+    brought=st.one_of(st.none(), thresholds, st.just(Decimal(0))),
+    age_seconds=st.sampled_from([0, 4, 6, 3600]),
+    crossed=st.booleans(),
+)
+def test_an_untrusted_callers_figure_never_loosens_the_gate(
+    symbol: str,
+    mid: Decimal,
+    relative_spread: Decimal,
+    threshold: Decimal,
+    brought: Decimal | None,
+    age_seconds: int,
+    crossed: bool,
+) -> None:
+    """From an untrusted caller, the verdict with any brought ``estimated_slippage`` is at most as
+    permissive as the quote's alone; an unusable quote is refused whatever was brought."""
+    policy = RoutingPolicy.build(max_spread_pct=threshold, max_quote_age=MAX_QUOTE_AGE)
+    quote = quote_around(symbol, mid, relative_spread * mid, T0 - timedelta(seconds=age_seconds))
+    if crossed and quote.ask > quote.bid:
+        quote = Quote(symbol, quote.asset_class, quote.ask, quote.bid, quote.timestamp)
+    plain = decide_route(make_intent(symbol), quote, policy, T0, trusted=False)
+    brought_intent = make_intent(symbol, estimated_slippage=brought)
+    decision = decide_route(brought_intent, quote, policy, T0, trusted=False)
+
+    usable = age_seconds <= MAX_QUOTE_AGE.total_seconds() and quote.ask >= quote.bid
+    if decision.should_execute:
+        assert plain.should_execute
+        assert usable
+        assert quote.spread_pct <= threshold
+        assert brought is None or brought <= threshold
+    if not usable:
+        assert not decision.should_execute
+        assert decision.reason_code in {ReasonCode.QUOTE_STALE, ReasonCode.QUOTE_CROSSED}
+    elif brought is not None:
+        assert decision.estimated_slippage is not None
+        assert plain.estimated_slippage is not None
+        assert decision.estimated_slippage >= plain.estimated_slippage
+    # And without a quote nothing passes, whatever was brought.
+    assert (
+        decide_route(brought_intent, None, policy, T0, trusted=False).reason_code is ReasonCode.QUOTE_MISSING
+    )
+
+
+@PROPERTY_SETTINGS
+@given(
+    symbol=symbols,
     side=sides,
     threshold=st.decimals(
         min_value=Decimal(0), max_value=Decimal(1), places=8, allow_nan=False, allow_infinity=False

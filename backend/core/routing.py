@@ -103,52 +103,74 @@ def _verdict(label: str, value: Decimal, threshold: Decimal, exceeds: bool) -> s
 
 
 def decide_route(
-    intent: OrderIntent, quote: Quote | None, policy: RoutingPolicy, now: datetime
+    intent: OrderIntent, quote: Quote | None, policy: RoutingPolicy, now: datetime, *, trusted: bool = True
 ) -> RoutingDecision:
+    """Execute or WAIT. A trusted caller (strategy code in this process) may bring its own
+    pre-computed ``estimated_slippage`` in place of the quote, as the seed shows. An untrusted one
+    (the public HTTP function) cannot loosen the gate with it: the quote is always checked and the
+    estimate used is the worse of the caller's and the quote's."""
     threshold = policy.threshold_for(intent.asset_class)
     threshold_f = float(threshold)
-    if intent.estimated_slippage is not None:
-        slippage = to_decimal(intent.estimated_slippage, "estimated_slippage")
-        too_high = slippage > threshold
+    brought = intent.estimated_slippage
+    given = None if brought is None else to_decimal(brought, "estimated_slippage")
+    if given is not None and trusted:
+        too_high = given > threshold
         return RoutingDecision(
             should_execute=not too_high,
             reason_code=ReasonCode.SLIPPAGE_TOO_HIGH if too_high else ReasonCode.OK,
-            reason=_verdict("Estimated slippage", slippage, threshold, too_high),
+            reason=_verdict("Estimated slippage", given, threshold, too_high),
             symbol=intent.symbol,
             asset_class=intent.asset_class,
             threshold_pct=threshold_f,
             estimated_slippage=intent.estimated_slippage,
         )
-    problem = quote_problem(quote, now, policy.max_quote_age)
-    if problem is not None or quote is None:
-        code, reason = problem or (ReasonCode.QUOTE_MISSING, "No quote available")
-        return RoutingDecision(
-            should_execute=False,
-            reason_code=code,
-            reason=reason,
-            symbol=intent.symbol,
-            asset_class=intent.asset_class,
-            threshold_pct=threshold_f,
-            bid=quote.bid if quote else None,
-            ask=quote.ask if quote else None,
-            quote_timestamp=quote.timestamp if quote else None,
-        )
+    unusable = quote_refusal(intent, quote, policy, now)
+    if unusable is not None:
+        return unusable
+    assert quote is not None  # a missing quote is refused above
     spread = quote.spread_pct
-    too_wide = spread > threshold
-    spread_f = float(spread)
+    callers_is_worse = given is not None and given > spread
+    estimate = given if callers_is_worse and given is not None else spread
+    too_high = estimate > threshold
+    if callers_is_worse:
+        code, label = ReasonCode.SLIPPAGE_TOO_HIGH, "Estimated slippage"
+    else:
+        code, label = ReasonCode.SPREAD_TOO_WIDE, "Spread"
     return RoutingDecision(
-        should_execute=not too_wide,
-        reason_code=ReasonCode.SPREAD_TOO_WIDE if too_wide else ReasonCode.OK,
-        reason=_verdict("Spread", spread, threshold, too_wide),
+        should_execute=not too_high,
+        reason_code=code if too_high else ReasonCode.OK,
+        reason=_verdict(label, estimate, threshold, too_high),
         symbol=intent.symbol,
         asset_class=intent.asset_class,
         threshold_pct=threshold_f,
-        spread_pct=spread_f,
-        estimated_slippage=spread_f,
+        spread_pct=float(spread),
+        estimated_slippage=float(estimate),
         bid=quote.bid,
         ask=quote.ask,
         mid_price=quote.mid_price,
         quote_timestamp=quote.timestamp,
+    )
+
+
+def quote_refusal(
+    intent: OrderIntent, quote: Quote | None, policy: RoutingPolicy, now: datetime
+) -> RoutingDecision | None:
+    """The refusal for a quote that must not be traded on (missing, non-positive, crossed, stale),
+    or None when it is usable."""
+    problem = quote_problem(quote, now, policy.max_quote_age)
+    if problem is None:
+        return None
+    code, reason = problem
+    return RoutingDecision(
+        should_execute=False,
+        reason_code=code,
+        reason=reason,
+        symbol=intent.symbol,
+        asset_class=intent.asset_class,
+        threshold_pct=float(policy.threshold_for(intent.asset_class)),
+        bid=quote.bid if quote else None,
+        ask=quote.ask if quote else None,
+        quote_timestamp=quote.timestamp if quote else None,
     )
 
 

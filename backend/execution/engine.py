@@ -234,9 +234,11 @@ class ExecutionEngine:
         return timedelta(seconds=self.settings.intent_ttl_seconds)
 
     def execute_intent(
-        self, intent: OrderIntent | Mapping[str, Any], quote: Quote | None = None
+        self, intent: OrderIntent | Mapping[str, Any], quote: Quote | None = None, *, trusted: bool = True
     ) -> ExecutionResult:
-        """Run one intent through the whole flow. ``quote`` lets a batch caller pass a prefetched quote."""
+        """Run one intent through the whole flow. ``quote`` lets a batch caller pass a prefetched
+        quote. ``trusted=False`` for an intent from outside this process (the HTTP function): its
+        figures can only tighten the checks (see ``SmartRouter.analyze_intent``)."""
         if not isinstance(intent, OrderIntent):
             intent = _validated_intent(intent)
         tenant_id = intent.tenant_id or self.settings.tenant_id
@@ -249,9 +251,9 @@ class ExecutionEngine:
 
         now = self.clock.now()
         if self.enable_smart_routing:
-            routing = self.router.analyze_intent(intent, quote=quote)
+            routing = self.router.analyze_intent(intent, quote=quote, trusted=trusted)
         else:
-            routing = self.router.bypass(intent, quote=quote)
+            routing = self.router.bypass(intent, quote=quote, trusted=trusted)
         log_smart_routing(routing, key)
         draft = _Draft(intent, tenant_id, intent.uid or self.settings.uid, key, now, routing)
         if routing.mid_price is not None:
@@ -519,10 +521,12 @@ class ExecutionEngine:
         why = self._why_not_resend(stored.result, now)
         routing = None
         if why is None:
+            # Re-priced on a fresh quote whoever sent it: a figure brought with the intent was
+            # about the market of then.
             routing = (
-                self.router.analyze_intent(intent)
+                self.router.analyze_intent(intent, trusted=False)
                 if self.enable_smart_routing
-                else self.router.bypass(intent)
+                else self.router.bypass(intent, trusted=False)
             )
             log_smart_routing(routing, stored.result.idempotency_key)
             if not routing.should_execute:

@@ -13,7 +13,7 @@ from backend.core.instruments import AssetClass
 from backend.core.intents import OrderIntent
 from backend.core.quotes import Quote
 from backend.core.reasons import ReasonCode
-from backend.core.routing import RoutingDecision, RoutingPolicy, decide_route, routing_bypassed
+from backend.core.routing import RoutingDecision, RoutingPolicy, decide_route, quote_refusal, routing_bypassed
 from backend.execution.ports import Clock, MarketDataProvider, SystemClock
 from backend.execution.settings import ConfigurationError, load_settings
 from backend.observability.logging import log_event
@@ -86,15 +86,28 @@ class SmartRouter:
         market_data = self.market_data
         return None if market_data is None else market_data.get_quote(intent.symbol, intent.asset_class)
 
-    def analyze_intent(self, intent: OrderIntent, quote: Quote | None = None) -> RoutingDecision:
-        """Execute or WAIT. A pre-computed ``estimated_slippage`` on the intent skips the quote fetch."""
-        if intent.estimated_slippage is None:
+    def analyze_intent(
+        self, intent: OrderIntent, quote: Quote | None = None, *, trusted: bool = True
+    ) -> RoutingDecision:
+        """Execute or WAIT. From trusted strategy code a pre-computed ``estimated_slippage`` on the
+        intent skips the quote fetch (the seed's path); for an untrusted caller (``trusted=False``:
+        the public HTTP function) the quote is always fetched and checked, and the caller's figure
+        can only make the estimate worse."""
+        if intent.estimated_slippage is None or not trusted:
             quote = self._quote_for(intent, quote)
-        decision = decide_route(intent, quote, self.policy, self.clock.now())
+        decision = decide_route(intent, quote, self.policy, self.clock.now(), trusted=trusted)
         if decision.reason_code is ReasonCode.QUOTE_MISSING and self._market_data_missing is not None:
             return replace(decision, reason=f"No quote available: {self._market_data_missing}")
         return decision
 
-    def bypass(self, intent: OrderIntent, quote: Quote | None = None) -> RoutingDecision:
-        """Smart routing disabled: let the intent through, still recording the quote it saw."""
-        return routing_bypassed(intent, self._quote_for(intent, quote), self.policy)
+    def bypass(
+        self, intent: OrderIntent, quote: Quote | None = None, *, trusted: bool = True
+    ) -> RoutingDecision:
+        """Smart routing disabled: let the intent through, still recording the quote it saw. An
+        untrusted caller's intent still needs a usable quote (the gate is off, not the checks)."""
+        quote = self._quote_for(intent, quote)
+        if not trusted:
+            refusal = quote_refusal(intent, quote, self.policy, self.clock.now())
+            if refusal is not None:
+                return refusal
+        return routing_bypassed(intent, quote, self.policy)
