@@ -51,9 +51,9 @@ asset_classes = st.sampled_from(list(AssetClass))
 
 def tradable(symbol: str, qty: Decimal) -> Decimal:
     """``qty`` in a quantity the instrument allows (options: whole contracts, at least one)."""
-    if instrument_for(symbol).qty_increment is None:
-        return qty
-    return max(qty.to_integral_value(ROUND_CEILING), Decimal(1))
+    bounds = instrument_for(symbol).qty_bounds
+    stepped = (qty / bounds.step).to_integral_value(ROUND_CEILING) * bounds.step
+    return min(max(stepped, bounds.minimum), bounds.maximum)
 
 
 def make_intent(symbol: str, side: Side = Side.BUY, qty: object = 1, **extra: object) -> OrderIntent:
@@ -478,5 +478,6 @@ def test_intent_qty_spellings_of_one_number_share_one_idempotency_key(
     keys = {intent.resolved_idempotency_key() for intent in intents}
     assert len(keys) == 1
     # ...while a different quantity is a different intent.
-    other = make_intent(symbol, side, value * 2)
+    bounds = instrument_for(symbol).qty_bounds
+    other = make_intent(symbol, side, bounds.minimum if value != bounds.minimum else bounds.minimum * 2)
     assert other.resolved_idempotency_key() not in keys

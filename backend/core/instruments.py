@@ -39,11 +39,15 @@ that only falls through to EQUITY may be declared CRYPTO when it reads as a pair
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
+from types import MappingProxyType
+
+from backend.core.numbers import canonical_decimal
 
 
 class AssetClass(StrEnum):
@@ -97,6 +101,43 @@ CRYPTO_QUOTE_ASSETS: tuple[str, ...] = ("USDT", "USDC", "BUSD", "USD", "EUR", "G
 OPTION_CONTRACT_MULTIPLIER = Decimal(100)  # shares per standard US equity option contract
 _ONE = Decimal(1)
 
+
+@dataclass(frozen=True, slots=True)
+class QtyBounds:
+    """The quantities an order may have: ``minimum`` to ``maximum``, in steps of ``step``. Sane
+    bounds, not a venue's exact rules: they stop a typo or an attacker's ``1e-400`` before
+    anything is priced, claimed or sent (the venue still applies its own)."""
+
+    minimum: Decimal
+    maximum: Decimal
+    step: Decimal
+
+    def problem(self, qty: Decimal, asset_class: AssetClass) -> str | None:
+        minimum, maximum, step, got = (
+            canonical_decimal(n) for n in (self.minimum, self.maximum, self.step, qty)
+        )
+        if not self.minimum <= qty <= self.maximum:
+            return f"{asset_class.value} qty must be between {minimum} and {maximum}, got {got}"
+        if qty % self.step != 0:
+            unit = "whole contracts" if self.step == _ONE else f"steps of {step}"
+            return f"{asset_class.value} trade in {unit}, got qty {got}"
+        return None
+
+
+_NANO = Decimal("0.000000001")
+# Alpaca takes fractional shares and crypto quantities to 9 decimal places; options trade in whole
+# contracts; FX (paper venue) in hundredths of a unit. The maxima are far above any real order
+# (ten million shares, ten thousand contracts, a hundred billion units of a token priced in
+# millionths of a dollar) and far below what would make a notional lose a cent.
+QTY_BOUNDS: Mapping[AssetClass, QtyBounds] = MappingProxyType(
+    {
+        AssetClass.EQUITY: QtyBounds(_NANO, Decimal(10_000_000), _NANO),
+        AssetClass.OPTIONS: QtyBounds(_ONE, Decimal(10_000), _ONE),
+        AssetClass.CRYPTO: QtyBounds(_NANO, Decimal(100_000_000_000), _NANO),
+        AssetClass.FOREX: QtyBounds(Decimal("0.01"), Decimal(1_000_000_000), Decimal("0.01")),
+    }
+)
+
 _OCC_PATTERN = re.compile(
     r"^(?P<root>[A-Z][A-Z0-9.]{0,5})\s*(?P<yy>\d{2})(?P<mm>\d{2})(?P<dd>\d{2})"
     r"(?P<right>[CP])(?P<strike>\d{8})$"
@@ -140,9 +181,11 @@ class Instrument:
     base: str
     quote_currency: str
     multiplier: Decimal = _ONE
-    # The smallest quantity step where the instrument has one (options: whole contracts).
-    qty_increment: Decimal | None = None
     option: OptionContract | None = None
+
+    @property
+    def qty_bounds(self) -> QtyBounds:
+        return QTY_BOUNDS[self.asset_class]
 
     def notional(self, qty: Decimal, price: Decimal) -> Decimal:
         """What ``qty`` at ``price`` is worth in the quote currency: the one place the multiplier
@@ -151,14 +194,7 @@ class Instrument:
 
     def qty_problem(self, qty: Decimal) -> str | None:
         """Why ``qty`` cannot be traded in this instrument, or None."""
-        if self.qty_increment is not None and qty % self.qty_increment != 0:
-            unit = (
-                "whole contracts"
-                if self.asset_class is AssetClass.OPTIONS
-                else f"steps of {self.qty_increment}"
-            )
-            return f"{self.asset_class.value} trade in {unit}, got qty {qty}"
-        return None
+        return self.qty_bounds.problem(qty, self.asset_class)
 
 
 def _pair(base: str, quote: str, asset_class: AssetClass) -> Instrument:
@@ -172,7 +208,6 @@ def _option(contract: OptionContract) -> Instrument:
         contract.root,
         "USD",
         multiplier=OPTION_CONTRACT_MULTIPLIER,
-        qty_increment=_ONE,
         option=contract,
     )
 

@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from backend.core.instruments import AssetClass, Instrument, instrument_for
+from backend.core.numbers import bounded_decimal, canonical_decimal, to_decimal
 
 
 class KeySource(StrEnum):
@@ -83,14 +84,6 @@ class Side(StrEnum):
 
 
 NonEmptyId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-
-
-def canonical_decimal(value: Decimal) -> str:
-    """One spelling per number ('10', not '10.0' or '1E+1'), for keys and documents. Never rounds."""
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
 
 
 # Metadata is copied into the ledger row, the decision and the user's history: bounded here, before
@@ -181,7 +174,7 @@ class OrderIntent(BaseModel):
     side: Side
     qty: Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]
     asset_class: AssetClass
-    estimated_slippage: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    estimated_slippage: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     idempotency_key: NonEmptyId | None = None
     # The symbol as the caller spelled it: the content-derived key is computed from it, so that
@@ -207,6 +200,25 @@ class OrderIntent(BaseModel):
                 raise _field_error("qty", data.get("qty"), problem)
             intent._symbol_as_given = given.strip().upper()
         return intent
+
+    @field_validator("qty", mode="before")
+    @classmethod
+    def _bounded_qty(cls, value: Any) -> Any:
+        """Digits and exponent checked on what was sent, before the number is written out."""
+        return bounded_decimal(value, "qty") if isinstance(value, int | float | str | Decimal) else value
+
+    @field_validator("estimated_slippage", mode="before")
+    @classmethod
+    def _exact_slippage(cls, value: Any) -> Any:
+        """A float is taken as it is; a number sent as text or Decimal only when a float holds it
+        exactly (a fraction is stored as a float: it must be what was sent)."""
+        if value is None or isinstance(value, float) or not isinstance(value, int | str | Decimal):
+            return value
+        number = bounded_decimal(value, "estimated_slippage")
+        as_float = float(number)
+        if to_decimal(as_float) != number:
+            raise ValueError(f"estimated_slippage {value} has more digits than can be kept exactly")
+        return as_float
 
     @field_validator("qty")
     @classmethod

@@ -10,33 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from backend.core.instruments import AssetClass, detect_asset_class
+from backend.core.numbers import to_decimal
 from backend.core.reasons import ReasonCode
 
 _TWO = Decimal(2)
-
-
-def to_decimal(value: Any, field: str = "value") -> Decimal:
-    """Exact conversion: a float goes through its shortest repr (0.1 -> Decimal('0.1'))."""
-    if isinstance(value, Decimal):
-        result = value
-    elif isinstance(value, bool):
-        raise ValueError(f"{field} must be a number, got a bool")
-    elif isinstance(value, int):
-        result = Decimal(value)
-    elif isinstance(value, float | str):
-        try:
-            result = Decimal(repr(value) if isinstance(value, float) else value.strip())
-        except InvalidOperation:
-            raise ValueError(f"{field} must be a number, got {value!r}") from None
-    else:
-        raise ValueError(f"{field} must be a number, got {type(value).__name__}")
-    if not result.is_finite():
-        raise ValueError(f"{field} must be finite, got {value!r}")
-    return result
 
 
 def require_utc(timestamp: datetime, field: str = "timestamp") -> datetime:
