@@ -35,7 +35,8 @@ def _db() -> Any:
 def execute_http(request: Any) -> Any:
     _logging()
     from functions.app import services
-    from functions.http_execute import handle_execute, verify_firebase_token
+    from functions.http_auth import verify_firebase_token
+    from functions.http_execute import handle_execute
 
     return handle_execute(request, lambda intent: services().execute(intent), verify_firebase_token)
 
