@@ -41,6 +41,20 @@ def execute_http(request: Any) -> Any:
     return handle_execute(request, lambda intent: services().execute(intent), verify_firebase_token)
 
 
+def orders_http(request: Any) -> Any:
+    _logging()
+    from functions.app import services
+    from functions.http_auth import verify_firebase_token
+    from functions.http_orders import handle_orders
+
+    return handle_orders(
+        request,
+        lambda tenant_id, ref: services().show_order(tenant_id, ref),
+        lambda tenant_id, ref: services().cancel_order(tenant_id, ref),
+        verify_firebase_token,
+    )
+
+
 def schedule_tick(scheduled_at: datetime | None) -> int:
     _logging()
     from google.cloud import pubsub_v1
