@@ -4,6 +4,8 @@ Only the Firebase Functions SDK is imported here; each function imports what it 
 first invocation (see ``functions/cloud.py``), which keeps cold starts short.
 
 - ``execute``: HTTPS, ``POST`` an OrderIntent with a Firebase ID token; public, authenticated in code.
+- ``orders``: HTTPS, ``GET`` one order of the caller's tenant, ``POST /cancel`` to cancel it; the same
+  authentication (it asks the broker, so it holds the broker keys).
 - ``schedule_strategy_runs``: Cloud Scheduler tick; publishes one message per enabled strategy.
 - ``run_strategy``: Pub/Sub ``strategy-runs`` (retried on failure); runs one strategy once.
 - ``fan_out_ledger_trade``: Firestore ``tenants/{tenant_id}/ledger_trades/{trade_id}`` created.
@@ -42,6 +44,13 @@ def execute(req: https_fn.Request) -> https_fn.Response:
     from functions.cloud import execute_http
 
     return execute_http(req)  # type: ignore[no-any-return]
+
+
+@https_fn.on_request(secrets=BROKER_SECRETS, timeout_sec=60)
+def orders(req: https_fn.Request) -> https_fn.Response:
+    from functions.cloud import orders_http
+
+    return orders_http(req)  # type: ignore[no-any-return]
 
 
 @scheduler_fn.on_schedule(schedule=STRATEGY_SCHEDULE, timezone=scheduler_fn.Timezone("UTC"))

@@ -82,7 +82,7 @@ def stack() -> Iterator[dict[str, str]]:
             # Each function gets only the secrets its manifest declares, as in deployment.
             secrets = {"APCA_API_KEY_ID": "local", "APCA_API_SECRET_KEY": "local"}
             urls = {}
-            for name, kind in (("execute", "http"), ("schedule_strategy_runs", "http"),
+            for name, kind in (("execute", "http"), ("orders", "http"), ("schedule_strategy_runs", "http"),
                                ("run_strategy", "cloudevent"), ("fan_out_ledger_trade", "cloudevent"),
                                ("redrive_portfolio", "http")):  # fmt: skip
                 function = ServedFunction.for_manifest(name, env, secrets, kind)
@@ -128,6 +128,7 @@ def main() -> None:
 Local stack is up (project {PROJECT}). Ctrl-C stops it.
 
   execute (HTTPS):      {urls["execute"]}
+  orders (HTTPS):       {urls["orders"]}
   strategy tick:        {urls["schedule_strategy_runs"]}
   Alpaca simulator:     {urls["alpaca"]}
   Firestore emulator:   {urls["firestore"]}
@@ -141,7 +142,12 @@ Send an order as a trader of '{TENANT}' (an emulator ID token; valid for an hour
   curl -X POST {urls["execute"]} -H 'Content-Type: application/json' \\
     -H 'Authorization: Bearer {token}' \\
     -d '{{"strategy_id": "manual", "broker_account_id": "alpaca_paper", "symbol": "SPY",
-         "side": "buy", "qty": 2}}'
+         "side": "buy", "qty": 2, "idempotency_key": "first-order"}}'
+
+Read it back (state, fills, ledger rows, decision), or cancel it while it rests:
+  curl '{urls["orders"]}/?idempotency_key=first-order' -H 'Authorization: Bearer {token}'
+  curl -X POST {urls["orders"]}/cancel -H 'Content-Type: application/json' \\
+    -H 'Authorization: Bearer {token}' -d '{{"idempotency_key": "first-order"}}'
 
 Where to look:
   ledger:     curl '{documents}/tenants/{TENANT}/ledger_trades' -H 'Authorization: Bearer owner'

@@ -5,8 +5,9 @@ the invoked function needs). Everything comes from the environment: ``EXEC_*`` (
 the Alpaca keys (Secret Manager in deployment), the emulator variables in local runs.
 
 Two levels, because not every function holds the broker keys (``main.py`` declares them for
-``execute`` and ``run_strategy`` only): ``stores()`` for the ledger fan-out and its re-drive,
-``services()`` (broker, market data, engine, on the same stores) for the functions that trade.
+``execute``, ``orders`` and ``run_strategy`` only): ``stores()`` for the ledger fan-out and its
+re-drive, ``services()`` (broker, market data, engine, on the same stores) for the functions that
+trade or ask the broker.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 from backend.execution.settings import ExecSettings, load_settings
 
 if TYPE_CHECKING:
+    from backend.execution.order_queries import OrderRef
     from backend.execution.ports import ExecutionStore, PortfolioStore
 
 STRATEGY_RUNS_TOPIC = "strategy-runs"
@@ -49,6 +51,19 @@ class Services:
     def execute(self, intent: Any, *, trusted: bool = True) -> Any:
         with self.one_at_a_time:
             return self.engine.execute_intent(intent, trusted=trusted)
+
+    def show_order(self, tenant_id: str, ref: OrderRef) -> dict[str, Any]:
+        """One of the tenant's orders, settled from the broker first (``order_queries``)."""
+        from backend.execution.order_queries import show_order
+
+        with self.one_at_a_time:
+            return show_order(self.engine, tenant_id, ref)
+
+    def cancel_order(self, tenant_id: str, ref: OrderRef) -> dict[str, Any]:
+        from backend.execution.order_queries import cancel_order
+
+        with self.one_at_a_time:
+            return cancel_order(self.engine, tenant_id, ref)
 
 
 _lock = threading.RLock()
@@ -103,10 +118,16 @@ def stores() -> Stores:
     return _stores
 
 
-def _build_stores() -> Stores:
+def configured_services(settings: ExecSettings | None = None) -> Services:
+    """Engine and stores built afresh from ``settings`` (default: the environment), as the
+    functions build theirs: for a process that runs one command and closes them (``msr``)."""
+    return _build_services(_build_stores(settings))
+
+
+def _build_stores(settings: ExecSettings | None = None) -> Stores:
     from backend.adapters.stores import build_stores
 
-    settings = load_settings()
+    settings = settings or load_settings()
     ledger, inline_portfolio = build_stores(settings)
     return Stores(settings, ledger, cast("PortfolioStore", ledger), inline_portfolio)
 

@@ -5,6 +5,8 @@ engine's services.
 
     msr paper-run --max-spread FOREX=0.0002    # replay the recorded quote tapes through the engine
     msr fees settle --day 2026-03-02 --json    # book the crypto fees Alpaca took in the asset
+    msr orders show --key K --tenant T         # one order, as the broker knows it now
+    msr orders cancel --key K --tenant T       # cancel a resting order through the broker
 
 Human output goes to stdout, JSON log lines to stderr.
 """
@@ -15,17 +17,24 @@ import argparse
 import json
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
 
 from backend.adapters.market_data_selection import alpaca_settings
-from backend.adapters.stores import build_stores
+from backend.adapters.stores import build_stores, store_kind
 from backend.execution.fee_settlement import DayNotSettled, FeeSettlementReport, settle_asset_fees
+from backend.execution.order_queries import OrderNotFound, OrderRef
 from backend.execution.settings import ConfigurationError, load_settings
 from backend.observability.logging import configure_logging
 from functions import paper_run
+from functions.app import Services, configured_services
 
 EXIT_OK = 0
 # Nothing was done and the message says why: argparse's code for a bad option, reused for every
@@ -36,7 +45,8 @@ EXIT_CODES = """exit codes:
   0  done
   1  an unexpected error (its traceback is on stderr)
   2  nothing done: a bad option or input, a configuration error (EXEC_*, APCA_*),
-     or a day the broker has not finished posting (fees settle)"""
+     a day the broker has not finished posting (fees settle), an order the tenant
+     does not have (orders), or a cancel with nothing to cancel (orders cancel)"""
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -51,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command", required=True)
     _add_paper_run(commands)
     _add_fees(commands)
+    _add_orders(commands)
     return parser
 
 
@@ -174,6 +185,108 @@ def _settle_with_configured_adapters(day: date, now: datetime) -> tuple[str, Fee
         close = getattr(store, "close", None)  # the SQLite store holds a connection; Firestore none
         if close is not None:
             close()
+
+
+def _add_orders(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    orders = _parser(
+        commands.add_parser,
+        name="orders",
+        help="one order of a tenant: show it, cancel it",
+        description="One order of a tenant, named by its idempotency key or its client order id: show "
+        "it as the broker knows it now, or cancel it through the broker. --json prints the document "
+        "the orders HTTPS function answers. The store, the broker and the engine are built from the "
+        "configuration as the functions build them: EXEC_STORE (and EXEC_SQLITE_PATH, which must name "
+        "an existing ledger), EXEC_VENUES, APCA_API_KEY_ID and APCA_API_SECRET_KEY.",
+    )
+    actions = orders.add_subparsers(title="commands", dest="orders_command", required=True)
+    show = _parser(
+        actions.add_parser,
+        name="show",
+        help="the order's state, fills, ledger rows and decision",
+        description="The order's state, fills, ledger rows and the decision on its intent. An order "
+        "that is not final is brought up to date from the broker first (one lookup by client order "
+        "id, bounded by the adapter's timeouts): new fills are recorded on the way.",
+    )
+    cancel = _parser(
+        actions.add_parser,
+        name="cancel",
+        help="cancel a resting order through the broker",
+        description="Ask the broker to cancel a resting order; the order's state then comes from the "
+        "broker's next report (it may have filled meanwhile). An order that is final already, or "
+        "not at the broker yet, is not canceled: exit 2, with the reason.",
+    )
+    for command, action in ((show, Services.show_order), (cancel, Services.cancel_order)):
+        named = command.add_mutually_exclusive_group(required=True)
+        named.add_argument("--key", help="the intent's idempotency key")
+        named.add_argument("--client-order-id", help="the order's client order id at the broker (msr-...)")
+        command.add_argument("--tenant", required=True, help="the tenant whose order it is")
+        command.add_argument("--json", action="store_true", help="print the document as one JSON object")
+        command.add_argument("--log-level", default="INFO", help="JSON log level on stderr")
+        command.set_defaults(run=partial(_order_command, action=action))
+
+
+OrderAction = Callable[[Services, str, OrderRef], dict[str, Any]]
+
+
+def _order_command(args: argparse.Namespace, action: OrderAction) -> int:
+    configure_logging(args.log_level.upper(), stream=sys.stderr)
+    name = f"msr orders {args.orders_command}"
+    try:
+        ref = OrderRef(idempotency_key=args.key, client_order_id=args.client_order_id)
+        document = _on_configured_services(lambda services: action(services, args.tenant, ref))
+    except ValidationError as exc:
+        print(f"{name}: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (ConfigurationError, OrderNotFound) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(orjson.dumps(document).decode() if args.json else "\n".join(_order_lines(document)))
+    return EXIT_REFUSED if document.get("requested") is False else EXIT_OK
+
+
+def _on_configured_services(act: Callable[[Services], dict[str, Any]]) -> dict[str, Any]:
+    """A ledger file is never created by reading or canceling: a path that names none is a
+    configuration error (a typo would otherwise look like an unknown order)."""
+    settings = load_settings()
+    if store_kind(settings) == "sqlite" and not Path(settings.sqlite_path).is_file():
+        raise ConfigurationError(f"EXEC_SQLITE_PATH: no ledger at {settings.sqlite_path}")
+    services = configured_services(settings)
+    try:
+        return act(services)
+    finally:
+        close = getattr(services.store, "close", None)  # the SQLite store holds a connection
+        if close is not None:
+            close()
+
+
+def _order_lines(document: Mapping[str, Any]) -> list[str]:
+    lines = []
+    if "requested" in document:
+        verdict = "Cancel requested" if document["requested"] else f"Not canceled ({document['reason_code']})"
+        lines.append(f"{verdict}: {document['reason']}")
+    result, order = document["result"], document["order"]
+    decision = "no decision recorded"
+    if result:
+        decision = f"{result['status']} {result['reason_code']}: {result['reason']}"
+    if order is None:
+        lines.append(f"Intent {document['idempotency_key']!r} never reached the broker: {decision}")
+        return lines
+    symbol = result["intent"]["symbol"] if result else "?"
+    lease = f", leased until {order['lease_expires_at'].isoformat()}" if order["lease_expires_at"] else ""
+    lines += [
+        f"Order {order['client_order_id']} (idempotency key {document['idempotency_key']!r}): "
+        f"{order['state']}",
+        f"  {order['side']} {order['qty']} {symbol}: filled {order['filled_qty']}, leaves "
+        f"{order['leaves_qty']}, average price {order['avg_fill_price'] or '-'}",
+        f"  broker {order['broker'] or '-'} order {order['broker_order_id'] or '-'}, "
+        f"{order['attempts']} submission(s){lease}",
+        f"  decision: {decision}",
+    ]
+    lines += [
+        f"  fill {fill['qty']} @ {fill['price']} at {fill['at'].isoformat()} (ledger row {fill['trade_id']})"
+        for fill in order["fills"]
+    ]
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

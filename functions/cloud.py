@@ -35,12 +35,27 @@ def _db() -> Any:
 def execute_http(request: Any) -> Any:
     _logging()
     from functions.app import services
-    from functions.http_execute import handle_execute, verify_firebase_token
+    from functions.http_auth import verify_firebase_token
+    from functions.http_execute import handle_execute
 
     def execute(intent: Any) -> Any:
         return services().execute(intent, trusted=False)  # a caller's figures only tighten checks
 
     return handle_execute(request, execute, verify_firebase_token)
+
+
+def orders_http(request: Any) -> Any:
+    _logging()
+    from functions.app import services
+    from functions.http_auth import verify_firebase_token
+    from functions.http_orders import handle_orders
+
+    return handle_orders(
+        request,
+        lambda tenant_id, ref: services().show_order(tenant_id, ref),
+        lambda tenant_id, ref: services().cancel_order(tenant_id, ref),
+        verify_firebase_token,
+    )
 
 
 def schedule_tick(scheduled_at: datetime | None) -> int:

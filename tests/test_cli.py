@@ -64,6 +64,7 @@ def test_msr_help_lists_the_subcommands_and_the_exit_codes(capsys: pytest.Captur
     assert "paper-run" in out
     assert "replay the recorded quote tapes" in out
     assert "fees" in out
+    assert "orders" in out
     assert "exit codes:" in out
     assert "2  nothing done" in out
 
@@ -74,6 +75,12 @@ def test_msr_help_lists_the_subcommands_and_the_exit_codes(capsys: pytest.Captur
     for option in ("--day", "--now", "--json", "--log-level"):
         assert option in settle_help
     assert "CFEE activities" in settle_help
+
+    for action in ("show", "cancel"):
+        assert exit_code_of(["orders", action, "--help"]) == 0
+        action_help = capsys.readouterr().out
+        for option in ("--key", "--client-order-id", "--tenant", "--json", "--log-level"):
+            assert option in action_help
 
 
 def test_msr_paper_run_help_shows_the_paper_runs_own_options(capsys: pytest.CaptureFixture[str]) -> None:
@@ -315,3 +322,165 @@ def test_fees_settle_with_invalid_configuration_exits_2_naming_the_variable(
 
     assert "EXEC_STORE" in capsys.readouterr().err
     assert not ledger_path.exists()
+
+
+# -- msr orders against the local Alpaca simulator ------------------------------------------------
+
+
+def rest_orders(path: Path, url: str, *keys: str) -> dict[str, Any]:
+    """One resting 3-share AAPL order per key, placed by the engine through Alpaca's SDK into the
+    ledger at ``path``; returns the results by key."""
+    settings = AlpacaSettings(
+        api_key_id="k", secret_key="s", trading_url=url, data_url=url, timeout_s=2, fill_polls=1,
+        fill_poll_s=0.01, backoff_s=0.01, quote_ttl_s=0,
+    )  # fmt: skip
+    store = SQLiteExecutionStore(path)
+    try:
+        engine = ExecutionEngine(
+            broker=AlpacaBroker(settings),
+            router=SmartRouter(market_data=AlpacaMarketData(settings)),
+            risk=RiskManager(RiskLimits(max_position_qty=D(100))),
+            dry_run=False,
+            store=store,
+            clock=SystemClock(),
+            settings=ExecSettings(tenant_id="acme_corp", uid="u1"),
+        )
+        results = {}
+        for key in keys:
+            intent = OrderIntent(
+                strategy_id="s1", broker_account_id="acct", symbol="AAPL", side="buy", qty="3",
+                idempotency_key=key,
+            )  # fmt: skip
+            results[key] = engine.execute_intent(intent)
+        return results
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def resting(simulator: tuple[FakeAlpaca, str], ledger_path: Path) -> tuple[FakeAlpaca, dict[str, Any]]:
+    """Two orders resting at the simulator (it fills them only when a test says so)."""
+    fake, url = simulator
+    fake.fill, fake.polls_to_fill = "new", 1000
+    fake.set_quote("AAPL", "189.99", "190.01")
+    results = rest_orders(ledger_path, url, "rest-1", "rest-2")
+    assert {result.order_state.value for result in results.values()} == {"accepted"}
+    return fake, results
+
+
+def test_orders_show_answers_the_document_of_the_http_api_and_follows_the_fill(
+    resting: tuple[FakeAlpaca, dict[str, Any]], ledger_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, results = resting
+    placed = results["rest-1"]
+
+    assert main(["orders", "show", "--key", "rest-1", "--tenant", "acme_corp", "--json"]) == 0
+
+    document = json.loads(capsys.readouterr().out)
+    assert set(document) == {"idempotency_key", "client_order_id", "order", "result", "ledger_rows"}
+    assert (document["idempotency_key"], document["client_order_id"]) == ("rest-1", placed.client_order_id)
+    assert (document["order"]["state"], document["order"]["fills"], document["ledger_rows"]) == (
+        "accepted",
+        [],
+        [],
+    )
+    assert document["result"]["status"] == "placed"
+
+    for _ in range(fake.polls_to_fill):  # the broker fills it
+        fake.get_order(placed.broker_order_id or "")
+    assert (
+        main(["orders", "show", "--client-order-id", placed.client_order_id or "", "--tenant", "acme_corp"])
+        == 0
+    )
+
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"Order {placed.client_order_id} (idempotency key 'rest-1'): filled"
+    assert out[1] == "  buy 3 AAPL: filled 3.0, leaves 0, average price 190.01"
+    assert out[3] == "  decision: placed OK: Order filled: 3.0 AAPL @ 190.01"
+    [fill] = [line for line in out if line.startswith("  fill ")]
+    assert fill.startswith("  fill 3.0 @ 190.01 at ")
+    store = SQLiteExecutionStore(ledger_path)
+    try:  # the fill the query found is in the ledger, once, and fanned out (inline with SQLite)
+        [row] = list(store.iter_ledger_trades("acme_corp"))
+        assert fill.endswith(f"(ledger row {row.trade_id})")
+        lots = store.lots("u1", "acct", "AAPL")
+        assert lots is not None
+        assert lots.position == 3
+    finally:
+        store.close()
+
+
+def test_orders_cancel_cancels_at_the_broker_and_a_second_cancel_exits_2(
+    resting: tuple[FakeAlpaca, dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, results = resting
+    placed = results["rest-2"]
+
+    assert main(["orders", "cancel", "--key", "rest-2", "--tenant", "acme_corp"]) == 0
+
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Cancel requested: Cancel requested; the order is canceled"
+    assert out[1] == f"Order {placed.client_order_id} (idempotency key 'rest-2'): canceled"
+    assert fake.order_for(placed.client_order_id or "")["status"] == "canceled"  # type: ignore[index]
+    assert fake.order_for(results["rest-1"].client_order_id or "")["status"] == "accepted"  # type: ignore[index]
+
+    argv = ["orders", "cancel", "--client-order-id", placed.client_order_id or "", "--tenant", "acme_corp"]
+    assert main([*argv, "--json"]) == 2
+
+    document = json.loads(capsys.readouterr().out)
+    assert (document["requested"], document["reason_code"]) == (False, "ORDER_NOT_CANCELABLE")
+    assert document["order"]["state"] == "canceled"
+
+
+NO_EXECUTION = "tenant {!r} has no execution with idempotency key {!r}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["show", "--key", "nope", "--tenant", "acme_corp"], NO_EXECUTION.format("acme_corp", "nope")),
+        (["show", "--key", "rest-1", "--tenant", "other_corp"], NO_EXECUTION.format("other_corp", "rest-1")),
+        (
+            ["cancel", "--key", "rest-1", "--tenant", "other_corp"],
+            NO_EXECUTION.format("other_corp", "rest-1"),
+        ),
+        (["show", "--key", "   ", "--tenant", "acme_corp"], "String should have at least 1 character"),
+    ],
+)
+def test_orders_of_another_tenant_or_unknown_exit_2_with_the_reason_and_change_nothing(
+    resting: tuple[FakeAlpaca, dict[str, Any]],
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake, results = resting
+
+    assert main(["orders", *argv]) == 2
+
+    captured = capsys.readouterr()
+    assert captured.err.splitlines()[-1] == f"msr orders {argv[0]}: {message}"
+    assert captured.out == ""
+    assert fake.order_for(results["rest-1"].client_order_id or "")["status"] == "accepted"  # type: ignore[index]
+    assert fake.requests_to("DELETE", f"/v2/orders/{results['rest-1'].broker_order_id}") == 0
+
+
+def test_orders_without_a_ledger_or_the_broker_keys_exit_2_and_create_no_ledger(
+    ledger_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["orders", "show", "--key", "k", "--tenant", "acme_corp"]) == 2
+    assert capsys.readouterr().err.strip() == f"msr orders show: EXEC_SQLITE_PATH: no ledger at {ledger_path}"
+    assert not ledger_path.exists()
+
+    SQLiteExecutionStore(ledger_path).close()
+    monkeypatch.delenv("APCA_API_KEY_ID")
+    assert main(["orders", "cancel", "--key", "k", "--tenant", "acme_corp"]) == 2
+    assert "APCA_API_KEY_ID" in capsys.readouterr().err
+
+
+def test_orders_take_exactly_one_name_and_a_tenant(capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_code_of(["orders", "show", "--key", "a", "--client-order-id", "b", "--tenant", "t"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert exit_code_of(["orders", "cancel", "--tenant", "t"]) == 2
+    assert "one of the arguments --key --client-order-id is required" in capsys.readouterr().err
+    assert exit_code_of(["orders", "show", "--key", "a"]) == 2
+    assert "--tenant" in capsys.readouterr().err

@@ -24,13 +24,16 @@ def test_every_function_and_its_trigger(manifest: dict[str, Any]) -> None:
     endpoints = manifest["endpoints"]
     assert set(endpoints) == {
         "execute",
+        "orders",
         "schedule_strategy_runs",
         "run_strategy",
         "fan_out_ledger_trade",
         "redrive_portfolio",
         "settle_orders",
     }
-    assert endpoints["execute"]["httpsTrigger"] == {}
+    for public in ("execute", "orders"):  # no invoker: reachable by anyone, authenticated in code
+        assert endpoints[public]["httpsTrigger"] == {}
+        assert endpoints[public]["timeoutSeconds"] == 60
     run = endpoints["run_strategy"]["eventTrigger"]
     assert run["eventType"] == "google.cloud.pubsub.topic.v1.messagePublished"
     assert run["eventFilters"] == {"topic": "strategy-runs"}
@@ -47,8 +50,8 @@ def test_every_function_and_its_trigger(manifest: dict[str, Any]) -> None:
     assert endpoints["settle_orders"]["timeoutSeconds"] == 300
 
 
-def test_broker_keys_are_secrets_of_the_functions_that_trade(manifest: dict[str, Any]) -> None:
-    for name in ("execute", "run_strategy", "settle_orders"):
+def test_broker_keys_are_secrets_of_the_functions_that_ask_the_broker(manifest: dict[str, Any]) -> None:
+    for name in ("execute", "orders", "run_strategy", "settle_orders"):
         assert {s["key"] for s in manifest["endpoints"][name]["secretEnvironmentVariables"]} == BROKER_KEYS
     for name in ("fan_out_ledger_trade", "schedule_strategy_runs", "redrive_portfolio"):
         assert manifest["endpoints"][name]["secretEnvironmentVariables"] == []
@@ -63,8 +66,8 @@ def test_a_served_function_gets_only_the_secrets_its_manifest_declares(
         monkeypatch.setenv(key, "from-the-test-process")
     given = {key: f"given-{key}" for key in BROKER_KEYS}
     assert set(manifest_secrets()) == {
-        "execute", "schedule_strategy_runs", "run_strategy", "fan_out_ledger_trade", "redrive_portfolio",
-        "settle_orders",
+        "execute", "orders", "schedule_strategy_runs", "run_strategy", "fan_out_ledger_trade",
+        "redrive_portfolio", "settle_orders",
     }  # fmt: skip
     for name, declared in manifest_secrets().items():
         environment = ServedFunction.for_manifest(name, {"EXEC_DRY_RUN": "0"}, given).environment()

@@ -49,18 +49,19 @@ def alpaca_url(fake: FakeAlpaca) -> Iterator[str]:
 
 
 @contextmanager
-def served_execute(alpaca_url: str, store_env: dict[str, str]) -> Iterator[str]:
-    """``execute`` as deployed: its two broker secrets, everything else plain env."""
+def served(target: str, alpaca_url: str, store_env: dict[str, str]) -> Iterator[str]:
+    """``target`` (a function that trades) as deployed: its two broker secrets, everything else
+    plain env (``store_env`` may add to it)."""
     served = ServedFunction.for_manifest(
-        "execute",
+        target,
         {
             "GOOGLE_CLOUD_PROJECT": PROJECT,
             "FIREBASE_AUTH_EMULATOR_HOST": "127.0.0.1:9099",
-            **store_env,
             "EXEC_DRY_RUN": "0",
             "APCA_API_BASE_URL": alpaca_url,
             "APCA_API_DATA_URL": alpaca_url,
             "EXEC_ALPACA_TIMEOUT_S": "2",
+            **store_env,
         },
         secrets={"APCA_API_KEY_ID": "test-key", "APCA_API_SECRET_KEY": "test-secret"},
     )
@@ -73,7 +74,7 @@ def served_execute(alpaca_url: str, store_env: dict[str, str]) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def execute_url(alpaca_url: str, ledger_path: Path) -> Iterator[str]:
-    with served_execute(alpaca_url, {"EXEC_STORE": "sqlite", "EXEC_SQLITE_PATH": str(ledger_path)}) as url:
+    with served("execute", alpaca_url, {"EXEC_STORE": "sqlite", "EXEC_SQLITE_PATH": str(ledger_path)}) as url:
         yield url
 
 
@@ -89,7 +90,7 @@ def execute_url_on_each_store(
     else:
         emulator = request.getfixturevalue("firestore_emulator")
         store_env = {"EXEC_STORE": "firestore", "FIRESTORE_EMULATOR_HOST": emulator.host}
-    with served_execute(alpaca_url, store_env) as url:
+    with served("execute", alpaca_url, store_env) as url:
         yield url
 
 
