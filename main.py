@@ -8,6 +8,7 @@ first invocation (see ``functions/cloud.py``), which keeps cold starts short.
 - ``run_strategy``: Pub/Sub ``strategy-runs`` (retried on failure); runs one strategy once.
 - ``fan_out_ledger_trade``: Firestore ``tenants/{tenant_id}/ledger_trades/{trade_id}`` created.
 - ``redrive_portfolio``: scheduled; fans out ledger rows the trigger missed (it is not retried).
+- ``check_positions``: scheduled; compares Alpaca's positions with the ledger's and logs the drift.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ STRATEGY_RUNS_TOPIC = "strategy-runs"  # also functions.app.STRATEGY_RUNS_TOPIC
 # Read when the CLI discovers the functions: set them in a .env next to main.py to change them.
 STRATEGY_SCHEDULE = os.environ.get("STRATEGY_SCHEDULE", "every 5 minutes")
 REDRIVE_SCHEDULE = os.environ.get("REDRIVE_SCHEDULE", "every 30 minutes")
+POSITION_CHECK_SCHEDULE = os.environ.get("POSITION_CHECK_SCHEDULE", "every 60 minutes")
 
 if os.environ.get("FIRESTORE_EMULATOR_HOST"):
     # Under the emulators the SDK's own Firestore trigger would initialise firebase-admin with
@@ -72,3 +74,15 @@ def redrive_portfolio(event: scheduler_fn.ScheduledEvent) -> None:
     from functions.cloud import redrive_portfolio as redrive
 
     redrive()
+
+
+@scheduler_fn.on_schedule(
+    schedule=POSITION_CHECK_SCHEDULE,
+    timezone=scheduler_fn.Timezone("UTC"),
+    secrets=BROKER_SECRETS,
+    timeout_sec=300,
+)
+def check_positions(event: scheduler_fn.ScheduledEvent) -> None:
+    from functions.cloud import check_positions as check
+
+    check()

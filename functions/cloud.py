@@ -102,3 +102,14 @@ def redrive_portfolio(since_hours: float = 48) -> Any:
 
     built = stores()
     return redrive(built.ledger, built.portfolio, since=datetime.now(UTC) - timedelta(hours=since_hours))
+
+
+def check_positions() -> Any:
+    """The scheduled broker position check: Alpaca's positions against the ledger's, one log event
+    per finding. It reports; it writes nothing."""
+    _logging()
+    from backend.execution.position_check import check_positions as check
+    from functions.app import position_check
+
+    built = position_check()
+    return check(built.stores.ledger, built.broker, built.stores.settings, datetime.now(UTC))

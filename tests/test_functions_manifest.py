@@ -28,6 +28,7 @@ def test_every_function_and_its_trigger(manifest: dict[str, Any]) -> None:
         "run_strategy",
         "fan_out_ledger_trade",
         "redrive_portfolio",
+        "check_positions",
     }
     assert endpoints["execute"]["httpsTrigger"] == {}
     run = endpoints["run_strategy"]["eventTrigger"]
@@ -41,10 +42,17 @@ def test_every_function_and_its_trigger(manifest: dict[str, Any]) -> None:
     assert endpoints["schedule_strategy_runs"]["scheduleTrigger"]["schedule"] == "every 5 minutes"
     assert endpoints["schedule_strategy_runs"]["scheduleTrigger"]["timeZone"] == "UTC"
     assert endpoints["redrive_portfolio"]["scheduleTrigger"]["schedule"] == "every 30 minutes"
+    check = endpoints["check_positions"]
+    assert (check["scheduleTrigger"]["schedule"], check["scheduleTrigger"]["timeZone"]) == (
+        "every 60 minutes",
+        "UTC",
+    )
+    assert check["timeoutSeconds"] == 300
 
 
 def test_broker_keys_are_secrets_of_the_functions_that_trade(manifest: dict[str, Any]) -> None:
-    for name in ("execute", "run_strategy"):
+    # The position check reads the broker's positions and orders: the keys, and nothing else.
+    for name in ("execute", "run_strategy", "check_positions"):
         assert {s["key"] for s in manifest["endpoints"][name]["secretEnvironmentVariables"]} == BROKER_KEYS
     for name in ("fan_out_ledger_trade", "schedule_strategy_runs", "redrive_portfolio"):
         assert manifest["endpoints"][name]["secretEnvironmentVariables"] == []
@@ -59,7 +67,8 @@ def test_a_served_function_gets_only_the_secrets_its_manifest_declares(
         monkeypatch.setenv(key, "from-the-test-process")
     given = {key: f"given-{key}" for key in BROKER_KEYS}
     assert set(manifest_secrets()) == {
-        "execute", "schedule_strategy_runs", "run_strategy", "fan_out_ledger_trade", "redrive_portfolio"
+        "execute", "schedule_strategy_runs", "run_strategy", "fan_out_ledger_trade", "redrive_portfolio",
+        "check_positions",
     }  # fmt: skip
     for name, declared in manifest_secrets().items():
         environment = ServedFunction.for_manifest(name, {"EXEC_DRY_RUN": "0"}, given).environment()
