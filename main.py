@@ -11,6 +11,7 @@ first invocation (see ``functions/cloud.py``), which keeps cold starts short.
 - ``fan_out_ledger_trade``: Firestore ``tenants/{tenant_id}/ledger_trades/{trade_id}`` created.
 - ``redrive_portfolio``: scheduled; fans out ledger rows the trigger missed (it is not retried).
 - ``settle_orders``: scheduled; settles open orders no delivery came back for, from the broker.
+- ``check_positions``: scheduled; compares Alpaca's positions with the ledger's and logs the drift.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ STRATEGY_RUNS_TOPIC = "strategy-runs"  # also functions.app.STRATEGY_RUNS_TOPIC
 STRATEGY_SCHEDULE = os.environ.get("STRATEGY_SCHEDULE", "every 5 minutes")
 REDRIVE_SCHEDULE = os.environ.get("REDRIVE_SCHEDULE", "every 30 minutes")
 SWEEP_SCHEDULE = os.environ.get("SWEEP_SCHEDULE", "every 5 minutes")
+POSITION_CHECK_SCHEDULE = os.environ.get("POSITION_CHECK_SCHEDULE", "every 60 minutes")
 
 if os.environ.get("FIRESTORE_EMULATOR_HOST"):
     # Under the emulators the SDK's own Firestore trigger would initialise firebase-admin with
@@ -92,3 +94,15 @@ def settle_orders(event: scheduler_fn.ScheduledEvent) -> None:
     from functions.cloud import settle_orders as sweep
 
     sweep()
+
+
+@scheduler_fn.on_schedule(
+    schedule=POSITION_CHECK_SCHEDULE,
+    timezone=scheduler_fn.Timezone("UTC"),
+    secrets=BROKER_SECRETS,
+    timeout_sec=300,
+)
+def check_positions(event: scheduler_fn.ScheduledEvent) -> None:
+    from functions.cloud import check_positions as check
+
+    check()

@@ -2,9 +2,10 @@
 the benchmarks and the local stack drive the *real* alpaca-py SDK over a real socket on 127.0.0.1.
 
 Trading: ``POST /v2/orders``, ``GET /v2/orders`` (list), ``GET /v2/orders/{id}``,
-``DELETE /v2/orders/{id}`` (cancel), ``GET /v2/orders:by_client_order_id``, ``GET /v2/positions``,
-``GET /v2/account/activities/CFEE`` (crypto fees taken in the asset received, as Alpaca posts them:
-one per fill, symbol spelled ``BTCUSD``, negative qty).
+``DELETE /v2/orders/{id}`` (cancel), ``GET /v2/orders:by_client_order_id``, ``GET /v2/positions``
+and ``GET /v2/positions/{symbol}`` (Alpaca's position objects, from the holdings and the fills; 404
+for a symbol held flat), ``GET /v2/account/activities/CFEE`` (crypto fees taken in the asset
+received, as Alpaca posts them: one per fill, symbol spelled ``BTCUSD``, negative qty).
 Market data: ``GET /v2/stocks/quotes/latest``, ``GET /v1beta3/crypto/us/latest/quotes``,
 ``GET /v1beta1/options/quotes/latest``. Every request is logged for the tests to count.
 
@@ -37,7 +38,7 @@ from decimal import ROUND_DOWN, Decimal
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 ALPACA_CLASS = {"EQUITY": "us_equity", "CRYPTO": "crypto", "OPTIONS": "us_option"}
 MARKET_DATA_PATHS = frozenset(
@@ -50,6 +51,11 @@ OPEN_STATUSES = frozenset(
 QTY_STEP = Decimal("0.000000001")  # Alpaca takes quantities to 9 decimals
 DEFAULT_QUOTE = {"bp": 99.99, "ap": 100.01}
 NOT_FOUND = {"code": 40410000, "message": "order not found"}
+NO_POSITION = {"code": 40410000, "message": "position does not exist"}
+PRICE_STEP = Decimal("0.000000001")
+RATIO_STEP = Decimal("0.0000000001")
+# Alpaca's ``exchange`` of a position by asset class (values alpaca-py's ``AssetExchange`` knows).
+POSITION_EXCHANGE = {"us_equity": "NASDAQ", "crypto": "CRYPTO", "us_option": ""}
 
 
 def utc_now() -> datetime:
@@ -507,6 +513,12 @@ def _lot(order: Mapping[str, Any], qty: Decimal) -> Decimal:
     return lot if lot.as_tuple().exponent <= 0 else lot.quantize(Decimal(1))  # type: ignore[operator]
 
 
+def _plain(value: Decimal) -> str:
+    """A decimal as Alpaca writes one: plain notation, no exponent, no trailing zeros."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
 def _parse_time(value: str) -> datetime:
     moment = datetime.fromisoformat(value.replace(" ", "+"))  # a "+" can arrive decoded as a space
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -658,6 +670,8 @@ class FakeAlpaca:
             return self.latest_quotes(_first(query, "symbols"))
         if method == "GET" and path == "/v2/positions":
             return self.positions()
+        if method == "GET" and path.startswith("/v2/positions/"):
+            return self.position(unquote(path.removeprefix("/v2/positions/")))
         if method == "GET" and path == "/v2/account/activities/CFEE":
             return self.fee_activities(query)
         return 404, {"code": 40400000, "message": f"no route {method} {path}"}
@@ -882,9 +896,101 @@ class FakeAlpaca:
             return 200, [self._public(order) for order in chosen[: wanted.limit]]
 
     def positions(self) -> tuple[int, list[dict[str, Any]]]:
+        """Every non-zero holding as Alpaca's position object."""
         with self.lock:
             self._advance_all(self.clock())
-            return 200, [{"symbol": s, "qty": str(q)} for s, q in sorted(self.holdings.items()) if q]
+            return 200, [self._position(s, q) for s, q in sorted(self.holdings.items()) if q]
+
+    def position(self, symbol: str) -> tuple[int, dict[str, Any]]:
+        """One holding by its position spelling (``BTCUSD``; ``BTC/USD`` is read the same); a symbol
+        held flat, or never held, answers 404 as Alpaca does."""
+        wanted = symbol.replace("/", "").upper()
+        with self.lock:
+            self._advance_all(self.clock())
+            qty = self.holdings.get(wanted, Decimal(0))
+            return (200, self._position(wanted, qty)) if qty else (404, dict(NO_POSITION))
+
+    def _position(self, symbol: str, qty: Decimal) -> dict[str, Any]:
+        """Alpaca's position object for ``qty`` of ``symbol``: the cost basis is what the fills that
+        built the position cost (the whole price paid for the units received, so a fee taken in the
+        asset raises the entry price), the current price the quote's mid."""
+        asset_class = self._position_class(symbol)
+        price = self._current_price(symbol)
+        built_qty, cost = self._position_cost(symbol)
+        if built_qty != qty:  # holdings set by hand: no fills to take a cost from
+            cost = abs(qty) * price
+        cost_basis = cost if qty > 0 else -cost
+        entry = (cost / abs(qty)).quantize(PRICE_STEP)
+        market_value = qty * price
+        profit = market_value - cost_basis
+        profit_pc = (profit / cost).quantize(RATIO_STEP) if cost else Decimal(0)
+        return {
+            "asset_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"alpaca-simulator/{symbol}")),
+            "symbol": symbol,
+            "exchange": POSITION_EXCHANGE[asset_class],
+            "asset_class": asset_class,
+            "asset_marginable": asset_class == "us_equity",
+            "avg_entry_price": _plain(entry),
+            "qty": _plain(qty),
+            "side": "long" if qty > 0 else "short",
+            "market_value": _plain(market_value),
+            "cost_basis": _plain(cost_basis),
+            "unrealized_pl": _plain(profit),
+            "unrealized_plpc": _plain(profit_pc),
+            "unrealized_intraday_pl": _plain(profit),
+            "unrealized_intraday_plpc": _plain(profit_pc),
+            "current_price": _plain(price),
+            "lastday_price": _plain(price),  # no history here: the day has not moved
+            "change_today": "0",
+            "qty_available": _plain(qty - self._held_for_orders(symbol, qty)),
+        }
+
+    def _orders_of(self, symbol: str) -> list[dict[str, Any]]:
+        return [o for o in self.orders.values() if o["symbol"].replace("/", "") == symbol]
+
+    def _position_class(self, symbol: str) -> str:
+        classes = {order["asset_class"] for order in self._orders_of(symbol)}
+        if classes:
+            return classes.pop()
+        quoted_as_pair = any("/" in quoted and quoted.replace("/", "") == symbol for quoted in self.quotes)
+        return "crypto" if quoted_as_pair else "us_equity"
+
+    def _current_price(self, symbol: str) -> Decimal:
+        quote = next((q for s, q in self.quotes.items() if s.replace("/", "") == symbol), DEFAULT_QUOTE)
+        return (Decimal(str(quote["bp"])) + Decimal(str(quote["ap"]))) / 2
+
+    def _position_cost(self, symbol: str) -> tuple[Decimal, Decimal]:
+        """(signed quantity, cost) of the open position the fills built, in time order, at average
+        cost: a reduction takes its share of the cost, a fill through flat opens anew at its price."""
+        ids = {order["id"] for order in self._orders_of(symbol)}
+        fills = sorted(
+            (fill for order_id in ids for fill in self.fills.get(order_id, [])), key=lambda f: f.at
+        )
+        qty = cost = Decimal(0)
+        for fill in fills:
+            change = fill.qty - fill.fee_qty if fill.side == "buy" else -fill.qty
+            if qty == 0 or (qty > 0) == (change > 0):
+                qty, cost = qty + change, cost + fill.qty * fill.price
+                continue
+            closed = min(abs(change), abs(qty))
+            cost -= cost / abs(qty) * closed
+            qty += change
+            if qty != 0 and abs(change) > closed:  # crossed through flat: the rest opens anew
+                cost = abs(qty) * fill.price
+        return qty, cost
+
+    def _held_for_orders(self, symbol: str, qty: Decimal) -> Decimal:
+        """What open orders on the closing side hold back (signed like the position)."""
+        closing = "sell" if qty > 0 else "buy"
+        held = sum(
+            (
+                Decimal(o["qty"]) - Decimal(o["filled_qty"])
+                for o in self._orders_of(symbol)
+                if o["side"] == closing and o["status"] in OPEN_STATUSES
+            ),
+            Decimal(0),
+        )
+        return held if qty > 0 else -held
 
     def fee_activities(self, query: dict[str, list[str]]) -> tuple[int, list[dict[str, Any]]]:
         day = query.get("date", [""])[0]

@@ -84,7 +84,7 @@ def stack() -> Iterator[dict[str, str]]:
             urls = {}
             for name, kind in (("execute", "http"), ("orders", "http"), ("schedule_strategy_runs", "http"),
                                ("run_strategy", "cloudevent"), ("fan_out_ledger_trade", "cloudevent"),
-                               ("redrive_portfolio", "http")):  # fmt: skip
+                               ("redrive_portfolio", "http"), ("check_positions", "http")):  # fmt: skip
                 function = ServedFunction.for_manifest(name, env, secrets, kind)
                 function.start()
                 served.append(function)
@@ -137,6 +137,9 @@ Seeded: tenant '{TENANT}' with strategy '{STRATEGY}' (cost_aware_equity on AAPL 
 
 Run the strategy now (what Cloud Scheduler does):
   curl -X POST {urls["schedule_strategy_runs"]}
+
+Check Alpaca's positions against the ledger (findings in the function log as positions.* events):
+  curl -X POST {urls["check_positions"]}
 
 Send an order as a trader of '{TENANT}' (an emulator ID token; valid for an hour):
   curl -X POST {urls["execute"]} -H 'Content-Type: application/json' \\

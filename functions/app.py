@@ -4,10 +4,11 @@ Built once per function instance and on first use (not at import: a cold start p
 the invoked function needs). Everything comes from the environment: ``EXEC_*`` (see the README),
 the Alpaca keys (Secret Manager in deployment), the emulator variables in local runs.
 
-Two levels, because not every function holds the broker keys (``main.py`` declares them for
-``execute``, ``orders`` and ``run_strategy`` only): ``stores()`` for the ledger fan-out and its
-re-drive, ``services()`` (broker, market data, engine, on the same stores) for the functions that
-trade or ask the broker.
+Levels, because not every function holds the broker keys (``main.py`` declares them for
+``execute``, ``orders``, ``run_strategy``, ``settle_orders`` and ``check_positions`` only):
+``stores()`` for the ledger fan-out and its re-drive, ``services()`` (broker, market data, engine,
+on the same stores) for the functions that trade or ask the broker, ``position_check()`` (the stores
+and the Alpaca broker, no market data, no engine) for the broker position check.
 """
 
 from __future__ import annotations
@@ -103,8 +104,15 @@ def _anonymous_credential() -> Any:
     return Anonymous()
 
 
+@dataclass(frozen=True)
+class PositionCheck:
+    stores: Stores
+    broker: Any  # AlpacaBroker: the account whose positions are compared with the ledger's
+
+
 _stores: Stores | None = None
 _services: Services | None = None
+_position_check: PositionCheck | None = None
 
 
 def stores() -> Stores:
@@ -175,3 +183,17 @@ def _build_services(built: Stores) -> Services:
 
     turns = threading.Lock() if isinstance(store, SQLiteExecutionStore) else contextlib.nullcontext()
     return Services(settings, engine, store, market_data, turns)
+
+
+def position_check() -> PositionCheck:
+    """The stores and the Alpaca broker of this instance, built once: what the position check
+    reads (the broker keys, no market-data client, no engine)."""
+    global _position_check
+    if _position_check is None:
+        with _lock:
+            if _position_check is None:
+                from backend.adapters.alpaca.broker import AlpacaBroker
+                from backend.adapters.alpaca.settings import AlpacaSettings
+
+                _position_check = PositionCheck(stores(), AlpacaBroker(AlpacaSettings()))
+    return _position_check

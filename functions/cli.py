@@ -7,6 +7,7 @@ engine's services.
     msr fees settle --day 2026-03-02 --json    # book the crypto fees Alpaca took in the asset
     msr orders show --key K --tenant T         # one order, as the broker knows it now
     msr orders cancel --key K --tenant T       # cancel a resting order through the broker
+    msr positions check --json                 # Alpaca's positions against the ledger's: the drift
 
 Human output goes to stdout, JSON log lines to stderr.
 """
@@ -29,8 +30,10 @@ from pydantic import ValidationError
 
 from backend.adapters.market_data_selection import alpaca_settings
 from backend.adapters.stores import build_stores, store_kind
+from backend.core.position_reconciliation import DriftReport
 from backend.execution.fee_settlement import DayNotSettled, FeeSettlementReport, settle_asset_fees
 from backend.execution.order_queries import OrderNotFound, OrderRef
+from backend.execution.position_check import DEFAULT_WINDOW, check_positions, report_fields
 from backend.execution.settings import ConfigurationError, load_settings
 from backend.observability.logging import configure_logging
 from functions import paper_run
@@ -40,13 +43,17 @@ EXIT_OK = 0
 # Nothing was done and the message says why: argparse's code for a bad option, reused for every
 # refusal that the operator fixes by changing the command or the configuration, or by waiting.
 EXIT_REFUSED = 2
+# The command ran and found something to look at (positions check: drift).
+EXIT_DRIFT = 3
 
 EXIT_CODES = """exit codes:
-  0  done
+  0  done (positions check: no drift)
   1  an unexpected error (its traceback is on stderr)
   2  nothing done: a bad option or input, a configuration error (EXEC_*, APCA_*),
      a day the broker has not finished posting (fees settle), an order the tenant
-     does not have (orders), or a cancel with nothing to cancel (orders cancel)"""
+     does not have (orders), a cancel with nothing to cancel (orders cancel), or the
+     broker's positions could not be read (positions check: nothing compared)
+  3  drift found (positions check): one line per finding, with its reason code"""
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -62,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_paper_run(commands)
     _add_fees(commands)
     _add_orders(commands)
+    _add_positions(commands)
     return parser
 
 
@@ -133,6 +141,51 @@ def _add_fees(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--log-level", default="INFO", help="JSON log level on stderr (INFO: one line per adjustment booked)"
     )
     settle.set_defaults(run=_settle_fees)
+
+
+def _add_positions(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    positions = _parser(
+        commands.add_parser,
+        name="positions",
+        help="the broker's positions compared with the ledger's",
+        description="The broker's positions compared with the ledger's, per canonical instrument.",
+    )
+    actions = positions.add_subparsers(title="commands", dest="positions_command", required=True)
+    check = _parser(
+        actions.add_parser,
+        name="check",
+        help="report the drift between Alpaca's positions and the ledger's, with a reason code each",
+        description="Compare the positions Alpaca holds with the ledger's positions routed to it "
+        "(summed over tenants and account labels), per canonical instrument, and report each "
+        "difference with a reason code: MISSING_FILL, UNKNOWN_ORDER, EXTERNAL_ORDER, "
+        "FEE_ADJUSTMENT_PENDING, POSITION_MISMATCH, BROKER_POSITION_UNCONFIRMED, "
+        "POSITIONS_UNAVAILABLE. It reports and never writes the ledger. The store comes from "
+        "EXEC_STORE (and EXEC_SQLITE_PATH), Alpaca's keys from APCA_API_KEY_ID and APCA_API_SECRET_KEY.",
+    )
+    check.add_argument(
+        "--window-hours",
+        type=_hours,
+        default=DEFAULT_WINDOW.total_seconds() / 3600,
+        help="how far back the broker's orders and the unsettled asset fees are read "
+        f"(default: {DEFAULT_WINDOW.total_seconds() / 3600:g})",
+    )
+    check.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    check.add_argument(
+        "--log-level",
+        default="INFO",
+        help="JSON log level on stderr (INFO: one line per finding and a summary)",
+    )
+    check.set_defaults(run=_check_positions)
+
+
+def _hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = -1
+    if not 0 < hours < float("inf"):
+        raise argparse.ArgumentTypeError(f"not a positive number of hours: {text!r}")
+    return hours
 
 
 def _day(text: str) -> date:
@@ -255,6 +308,42 @@ def _on_configured_services(act: Callable[[Services], dict[str, Any]]) -> dict[s
         return act(services)
     finally:
         close = getattr(services.store, "close", None)  # the SQLite store holds a connection
+        if close is not None:
+            close()
+
+
+def _check_positions(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level.upper(), stream=sys.stderr)
+    try:
+        report = _check_with_configured_adapters(timedelta(hours=args.window_hours))
+    except ConfigurationError as exc:
+        print(f"msr positions check: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.json:
+        print(json.dumps(report_fields(report)))
+    else:
+        for finding in report.findings:
+            print(f"{finding.code.value}: {finding.message}")
+        counts = ", ".join(f"{n} {code.value}" for code, n in sorted(report.counts().items())) or "no drift"
+        print(
+            f"Positions at {report.broker_account}: {len(report.positions)} instrument(s) compared; {counts}"
+        )
+    if not report.available:
+        return EXIT_REFUSED
+    return EXIT_DRIFT if report.drift else EXIT_OK
+
+
+def _check_with_configured_adapters(window: timedelta) -> DriftReport:
+    """The broker is built before the store, so missing keys never create an empty ledger file."""
+    from backend.adapters.alpaca.broker import AlpacaBroker  # alpaca-py loads for this command only
+
+    settings = load_settings()
+    broker = AlpacaBroker(alpaca_settings())
+    store, _ = build_stores(settings)
+    try:
+        return check_positions(store, broker, settings, datetime.now(UTC), window)
+    finally:
+        close = getattr(store, "close", None)
         if close is not None:
             close()
 

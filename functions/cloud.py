@@ -128,3 +128,14 @@ def settle_orders() -> Any:
 
     built = services()
     return sweep_open_orders(built.engine, built.settings.sweep_limits(), datetime.now(UTC))
+
+
+def check_positions() -> Any:
+    """The scheduled broker position check: Alpaca's positions against the ledger's, one log event
+    per finding. It reports; it writes nothing."""
+    _logging()
+    from backend.execution.position_check import check_positions as check
+    from functions.app import position_check
+
+    built = position_check()
+    return check(built.stores.ledger, built.broker, built.stores.settings, datetime.now(UTC))

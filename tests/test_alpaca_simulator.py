@@ -18,7 +18,15 @@ import requests
 from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
+from alpaca.trading.enums import AssetClass as AlpacaAssetClass
+from alpaca.trading.enums import (
+    AssetExchange,
+    OrderSide,
+    OrderStatus,
+    PositionSide,
+    QueryOrderStatus,
+    TimeInForce,
+)
 from alpaca.trading.models import Order
 from alpaca.trading.requests import GetOrdersRequest, MarketOrderRequest
 
@@ -668,4 +676,70 @@ class TestConcurrency:
         assert stats.faults > 0
         assert stats.requests == fake.requests_to("POST", ORDERS) + sum(
             1 for m, p, _ in fake.log if m == "GET" and p.startswith(f"{ORDERS}/")
+        )
+
+
+def sell(client_order_id: str, symbol: str = "AAPL", qty: float = 10) -> MarketOrderRequest:
+    return buy(client_order_id, symbol, qty).model_copy(update={"side": OrderSide.SELL})
+
+
+class TestPositions:
+    """``GET /v2/positions`` and ``/v2/positions/{symbol}`` answer Alpaca's position object, built
+    from the holdings and the fills, which the SDK's own model validates."""
+
+    def test_positions_are_alpacas_objects_priced_from_the_fills(self, url: str) -> None:
+        client = sdk(url)
+        client.submit_order(buy("p1", qty=10))  # at the ask, 190.01
+        client.submit_order(sell("p2", qty=4))
+        client.submit_order(buy("p3", "BTC/USD", 0.1))  # 5000.50 USD, 0.00025 BTC taken as the fee
+        aapl, btc = client.get_all_positions()
+        assert (aapl.symbol, aapl.asset_class, aapl.exchange, aapl.side) == (
+            "AAPL", AlpacaAssetClass.US_EQUITY, AssetExchange.NASDAQ, PositionSide.LONG,
+        )  # fmt: skip
+        # 6 left at their entry price, marked at the quote's mid (190).
+        assert (aapl.qty, aapl.avg_entry_price, aapl.cost_basis, aapl.current_price) == (
+            "6", "190.01", "1140.06", "190",
+        )  # fmt: skip
+        assert (aapl.market_value, aapl.unrealized_pl, aapl.qty_available) == ("1140", "-0.06", "6")
+        assert Decimal(aapl.unrealized_plpc or "") == (Decimal("-0.06") / Decimal("1140.06")).quantize(
+            Decimal("1E-10")
+        )
+        # The whole price paid buys the units received: the fee raises the entry price.
+        assert (btc.symbol, btc.asset_class, btc.exchange, btc.qty, btc.cost_basis) == (
+            "BTCUSD", AlpacaAssetClass.CRYPTO, AssetExchange.CRYPTO, "0.09975", "5000.5",
+        )  # fmt: skip
+        assert btc.avg_entry_price == "50130.325814536"
+        assert client.get_open_position("BTCUSD") == btc
+        assert client.get_open_position("AAPL") == aapl
+
+    def test_a_short_position_and_what_a_resting_buy_holds_back(self, fake: FakeAlpaca, url: str) -> None:
+        fake.plans_by_client_id["rests"] = FillPlan.after_polls(1000)
+        client = sdk(url)
+        client.submit_order(sell("s1", qty=3))  # at the bid, 189.99, with nothing held
+        client.submit_order(buy("rests", qty=2))
+        short = client.get_open_position("AAPL")
+        assert (short.side, short.qty, short.cost_basis, short.avg_entry_price) == (
+            PositionSide.SHORT, "-3", "-569.97", "189.99",
+        )  # fmt: skip
+        assert short.qty_available == "-1"
+
+    def test_a_symbol_held_flat_or_never_is_404_and_not_listed(self, url: str) -> None:
+        client = sdk(url)
+        client.submit_order(buy("f1", qty=5))
+        client.submit_order(sell("f2", qty=5))
+        assert client.get_all_positions() == []
+        for symbol in ("AAPL", "MSFT"):
+            with pytest.raises(APIError) as raised:
+                client.get_open_position(symbol)
+            assert raised.value.status_code == 404
+            assert raised.value.message == "position does not exist"
+
+    def test_holdings_set_by_hand_are_valued_at_the_current_price(self, fake: FakeAlpaca, url: str) -> None:
+        fake.holdings["TSLA"] = Decimal(2)  # no fills: the default quote's mid, 100
+        [tsla] = sdk(url).get_all_positions()
+        assert (tsla.qty, tsla.avg_entry_price, tsla.cost_basis, tsla.unrealized_pl) == (
+            "2",
+            "100",
+            "200",
+            "0",
         )

@@ -30,6 +30,7 @@ def test_every_function_and_its_trigger(manifest: dict[str, Any]) -> None:
         "fan_out_ledger_trade",
         "redrive_portfolio",
         "settle_orders",
+        "check_positions",
     }
     for public in ("execute", "orders"):  # no invoker: reachable by anyone, authenticated in code
         assert endpoints[public]["httpsTrigger"] == {}
@@ -48,10 +49,17 @@ def test_every_function_and_its_trigger(manifest: dict[str, Any]) -> None:
     sweep = endpoints["settle_orders"]["scheduleTrigger"]
     assert (sweep["schedule"], sweep["timeZone"]) == ("every 5 minutes", "UTC")
     assert endpoints["settle_orders"]["timeoutSeconds"] == 300
+    check = endpoints["check_positions"]
+    assert (check["scheduleTrigger"]["schedule"], check["scheduleTrigger"]["timeZone"]) == (
+        "every 60 minutes",
+        "UTC",
+    )
+    assert check["timeoutSeconds"] == 300
 
 
 def test_broker_keys_are_secrets_of_the_functions_that_ask_the_broker(manifest: dict[str, Any]) -> None:
-    for name in ("execute", "orders", "run_strategy", "settle_orders"):
+    # The position check reads the broker's positions and orders: the keys, and nothing else.
+    for name in ("execute", "orders", "run_strategy", "settle_orders", "check_positions"):
         assert {s["key"] for s in manifest["endpoints"][name]["secretEnvironmentVariables"]} == BROKER_KEYS
     for name in ("fan_out_ledger_trade", "schedule_strategy_runs", "redrive_portfolio"):
         assert manifest["endpoints"][name]["secretEnvironmentVariables"] == []
@@ -67,7 +75,7 @@ def test_a_served_function_gets_only_the_secrets_its_manifest_declares(
     given = {key: f"given-{key}" for key in BROKER_KEYS}
     assert set(manifest_secrets()) == {
         "execute", "orders", "schedule_strategy_runs", "run_strategy", "fan_out_ledger_trade",
-        "redrive_portfolio", "settle_orders",
+        "redrive_portfolio", "settle_orders", "check_positions",
     }  # fmt: skip
     for name, declared in manifest_secrets().items():
         environment = ServedFunction.for_manifest(name, {"EXEC_DRY_RUN": "0"}, given).environment()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from devtools.alpaca_simulator import FakeAlpaca, running
-from tests.test_http_execute import post, served_execute
+from tests.test_http_execute import post, served
 
 AN_HOUR_AGO = (datetime.now(UTC) - timedelta(hours=1)).isoformat().replace("+00:00", "Z")
 # symbol -> (bid, ask, timestamp); MISSING has no quote at all.
@@ -68,7 +68,7 @@ def venue_url(
         "EXEC_SQLITE_PATH": str(path),
         "EXEC_VENUES": json.dumps({"EQUITY": request.param}),
     }
-    with served_execute(alpaca_url, store_env) as url:
+    with served("execute", alpaca_url, store_env) as url:
         yield url
 
 

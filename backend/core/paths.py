@@ -12,6 +12,8 @@ from functools import lru_cache
 from urllib.parse import quote
 
 _MAX_CLIENT_ORDER_ID = 128  # Alpaca's limit on client_order_id
+# Every order this product sends carries it: an order at the broker without it was placed elsewhere.
+CLIENT_ORDER_ID_PREFIX = "msr-"
 
 
 @lru_cache(maxsize=4096)
@@ -31,7 +33,7 @@ def decision_id_for(tenant_id: str, idempotency_key: str) -> str:
 
 def client_order_id_for(tenant_id: str, idempotency_key: str) -> str:
     """The broker's client order id: the same intent can only ever be one order at the broker."""
-    client_order_id = "msr-" + _digest(tenant_id, idempotency_key)[:40]
+    client_order_id = CLIENT_ORDER_ID_PREFIX + _digest(tenant_id, idempotency_key)[:40]
     assert len(client_order_id) <= _MAX_CLIENT_ORDER_ID
     return client_order_id
 

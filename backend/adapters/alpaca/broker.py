@@ -11,22 +11,24 @@
   ``check`` before any network call. Alpaca does not trade FX.
 - After placement the order is polled (bounded) until it is final, so fills, partial fills and
   rejections reach the ledger as what they are.
+- Reads for the position check: the account's positions (all, or one), and its recent orders.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from datetime import date
-from decimal import Decimal
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 
 import requests
+from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderSide, OrderStatus, TimeInForce
+from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
 from alpaca.trading.models import Order
-from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
+from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 from pydantic import ValidationError
 
 from backend.adapters import alpaca as alpaca_package
@@ -40,7 +42,7 @@ from backend.adapters.alpaca.http import (
     with_read_retries,
 )
 from backend.adapters.alpaca.settings import AlpacaSettings
-from backend.adapters.alpaca.symbols import instrument_from_alpaca, order_symbol
+from backend.adapters.alpaca.symbols import instrument_from_alpaca, order_symbol, position_symbol
 from backend.core.fee_reconciliation import AssetFeeActivity
 from backend.core.instruments import AssetClass, instrument_for
 from backend.core.intents import Side
@@ -78,6 +80,7 @@ _SUBMIT_ATTEMPTS_AFTER_429 = 3
 # (ValueError), or JSON null / an array where an object belongs (``Order(**None)``: TypeError).
 MALFORMED_ANSWERS = (ValidationError, ValueError, TypeError)
 _ACTIVITY_PAGE_SIZE = 100
+_ORDER_PAGE_SIZE = 500  # Alpaca's largest page of orders
 
 
 def asset_fee_activity(raw: dict[str, object], day: date) -> AssetFeeActivity:
@@ -92,6 +95,19 @@ def asset_fee_activity(raw: dict[str, object], day: date) -> AssetFeeActivity:
         asset=instrument.base,
         amount=taken,
     )
+
+
+def position_of(raw: Mapping[str, object]) -> tuple[str, Decimal]:
+    """An Alpaca position object's canonical symbol and signed quantity (a short is negative,
+    whichever way its ``qty`` is written). ``ValueError`` when it cannot be read exactly."""
+    try:
+        instrument = instrument_from_alpaca(str(raw["symbol"]), raw.get("asset_class"))
+        qty = abs(Decimal(str(raw["qty"])))
+    except (KeyError, InvalidOperation) as error:
+        raise ValueError(f"unreadable Alpaca position {raw!r}: {type(error).__name__}") from None
+    if not qty.is_finite():
+        raise ValueError(f"unreadable Alpaca position quantity {raw['qty']!r}")
+    return instrument.symbol, -qty if raw.get("side") == "short" else qty
 
 
 def _rejection_code(status: int | None, message: str) -> ReasonCode:
@@ -312,6 +328,71 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
             if len(page) < _ACTIVITY_PAGE_SIZE:
                 return activities
             page_token = str(page[-1]["id"])
+
+    # -- the position check ----------------------------------------------------------
+    # Positions are read through the SDK's generic request, not ``get_all_positions``: its model
+    # has closed enums for ``exchange`` and ``asset_class`` that Alpaca has outgrown before
+    # (alpaca-py issues 276 and 624), and one row it cannot read fails the whole list. The check
+    # needs the symbol, the class, the side and the quantity, read as exact decimals.
+
+    def _read(self, call: Callable[[], object]) -> object:
+        return with_read_retries(
+            call, self.settings.read_attempts, self.settings.backoff_s, self.settings.max_wait_s, self._sleep
+        )
+
+    def positions(self) -> dict[str, Decimal]:
+        """Every position the account holds: canonical symbol -> signed quantity. Any failure
+        raises: an answer that could not be read is unknown, never an empty account."""
+        page = self._read(lambda: self._client.get("/positions"))
+        if not isinstance(page, list):
+            raise ValueError(f"Alpaca answered the positions with {type(page).__name__}, not a list")
+        held: dict[str, Decimal] = {}
+        for raw in page:
+            symbol, qty = position_of(raw)
+            held[symbol] = held.get(symbol, Decimal(0)) + qty
+        return held
+
+    def position(self, symbol: str) -> Decimal:
+        """One instrument's position, asked for by itself: Alpaca's 404 (no position) is flat, 0.
+        Any other failure raises."""
+        path = f"/positions/{position_symbol(instrument_for(symbol))}"
+
+        def call() -> object:
+            try:
+                return self._client.get(path)
+            except APIError as error:
+                if error.status_code == 404:
+                    return None
+                raise
+
+        raw = self._read(call)
+        if raw is None:
+            return Decimal(0)
+        if not isinstance(raw, dict):
+            raise ValueError(f"Alpaca answered the {symbol} position with {type(raw).__name__}")
+        return position_of(raw)[1]
+
+    def recent_orders(self, after: datetime) -> list[BrokerOrder]:
+        """Every order submitted after ``after``, any status, oldest first, every page. Alpaca's
+        ``after`` is exclusive, so each next page starts a microsecond before the last order seen
+        (orders sharing its time are read again and kept once). A multi-leg order (no symbol at the
+        top level; this product places none) is left out."""
+        orders: list[BrokerOrder] = []
+        seen: set[str] = set()
+        cursor = after
+        while True:
+            request = GetOrdersRequest(
+                status=QueryOrderStatus.ALL, after=cursor, direction=Sort.ASC, limit=_ORDER_PAGE_SIZE
+            )
+            page = self._read(lambda request=request: self._client.get_orders(request))  # type: ignore[misc]
+            if not isinstance(page, list):
+                raise ValueError(f"Alpaca answered the orders with {type(page).__name__}, not a list")
+            new = [order for order in page if str(order.id) not in seen]
+            seen.update(str(order.id) for order in new)
+            orders.extend(to_broker_order(order) for order in new if order.symbol)
+            if len(page) < _ORDER_PAGE_SIZE or not new:
+                return orders
+            cursor = page[-1].submitted_at - timedelta(microseconds=1)
 
     def _track_fill(self, order: Order) -> BrokerOrder:
         """Poll (bounded) until the order is final; what is known by then is what is returned."""
