@@ -7,6 +7,7 @@ engine's services.
     msr fees settle --day 2026-03-02 --json    # book the crypto fees Alpaca took in the asset
     msr orders show --key K --tenant T         # one order, as the broker knows it now
     msr orders cancel --key K --tenant T       # cancel a resting order through the broker
+    msr orders sweep --max-orders 200          # settle open orders from the broker (all tenants)
     msr positions check --json                 # Alpaca's positions against the ledger's: the drift
 
 Human output goes to stdout, JSON log lines to stderr.
@@ -19,7 +20,7 @@ import json
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -53,7 +54,8 @@ EXIT_CODES = """exit codes:
      a day the broker has not finished posting (fees settle), an order the tenant
      does not have (orders), a cancel with nothing to cancel (orders cancel), or the
      broker's positions could not be read (positions check: nothing compared)
-  3  drift found (positions check): one line per finding, with its reason code"""
+  3  something to look at: drift found (positions check: one line per finding, with
+     its reason code), or an order that could not be settled (orders sweep)"""
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -244,7 +246,7 @@ def _add_orders(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     orders = _parser(
         commands.add_parser,
         name="orders",
-        help="one order of a tenant: show it, cancel it",
+        help="orders: show or cancel one of a tenant's, sweep the open ones",
         description="One order of a tenant, named by its idempotency key or its client order id: show "
         "it as the broker knows it now, or cancel it through the broker. --json prints the document "
         "the orders HTTPS function answers. The store, the broker and the engine are built from the "
@@ -276,6 +278,63 @@ def _add_orders(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         command.add_argument("--json", action="store_true", help="print the document as one JSON object")
         command.add_argument("--log-level", default="INFO", help="JSON log level on stderr")
         command.set_defaults(run=partial(_order_command, action=action))
+    sweep = _parser(
+        actions.add_parser,
+        name="sweep",
+        help="settle the open orders no delivery came back for, from the broker (every tenant)",
+        description="What the scheduled settle_orders function does, once: every order not in a final "
+        "state whose last change is older than --older-than seconds, across tenants, oldest first, is "
+        "asked of the broker by client order id and settled (fills to the ledger, cancels, "
+        "expirations, releases). Bounded by --max-orders and --max-seconds; the next run continues "
+        "from where this one stopped (the cursor in ops/settlement_sweep). Safe to run beside the "
+        "functions and beside itself. Defaults come from EXEC_SWEEP_*. Exit 3 when an order could "
+        "not be settled (its sweep.error event is on stderr; the next run retries it).",
+    )
+    sweep.add_argument("--older-than", type=float, metavar="SECONDS", help="EXEC_SWEEP_AFTER_SECONDS")
+    sweep.add_argument("--max-orders", type=int, metavar="N", help="EXEC_SWEEP_MAX_ORDERS")
+    sweep.add_argument("--max-seconds", type=float, metavar="SECONDS", help="EXEC_SWEEP_MAX_SECONDS")
+    sweep.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    sweep.add_argument("--log-level", default="INFO", help="JSON log level on stderr")
+    sweep.set_defaults(run=_sweep_command)
+
+
+def _sweep_command(args: argparse.Namespace) -> int:
+    from backend.execution.settlement_sweep import sweep_open_orders
+
+    configure_logging(args.log_level.upper(), stream=sys.stderr)
+    for option, value in (("--older-than", args.older_than), ("--max-orders", args.max_orders),
+                          ("--max-seconds", args.max_seconds)):  # fmt: skip
+        if value is not None and value < 0:
+            print(f"msr orders sweep: {option} must not be negative", file=sys.stderr)
+            return EXIT_REFUSED
+
+    def sweep(services: Services) -> dict[str, Any]:
+        limits = services.settings.sweep_limits()
+        limits = replace(
+            limits,
+            older_than=limits.older_than if args.older_than is None else timedelta(seconds=args.older_than),
+            max_orders=limits.max_orders if args.max_orders is None else args.max_orders,
+            max_seconds=limits.max_seconds if args.max_seconds is None else args.max_seconds,
+        )
+        report = sweep_open_orders(services.engine, limits, datetime.now(UTC))
+        return {**asdict(report), "states": dict(report.states)}
+
+    try:
+        report = _on_configured_services(sweep)
+    except ConfigurationError as exc:
+        print(f"msr orders sweep: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.json:
+        print(orjson.dumps(report).decode())
+    else:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(report["states"].items())) or "none"
+        stopped = f"; stopped at its {report['exhausted']} bound" if report["exhausted"] else ""
+        print(
+            f"Swept {report['examined']} open order(s) in {report['seconds']:.1f}s: {report['settled']} "
+            f"settled, {report['changed']} moved on, {report['unchanged']} unchanged, {report['skipped']} "
+            f"skipped, {report['errors']} error(s){stopped}. Now: {states}"
+        )
+    return EXIT_DRIFT if report["errors"] else EXIT_OK
 
 
 OrderAction = Callable[[Services, str, OrderRef], dict[str, Any]]

@@ -484,3 +484,36 @@ def test_orders_take_exactly_one_name_and_a_tenant(capsys: pytest.CaptureFixture
     assert "one of the arguments --key --client-order-id is required" in capsys.readouterr().err
     assert exit_code_of(["orders", "show", "--key", "a"]) == 2
     assert "--tenant" in capsys.readouterr().err
+
+
+def test_orders_sweep_settles_what_the_broker_did_with_no_delivery_and_resumes_from_its_cursor(
+    resting: tuple[FakeAlpaca, dict[str, Any]], ledger_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake, results = resting
+    fresh = ["orders", "sweep", "--json"]  # the default threshold: orders changed a minute ago or more
+    assert main(fresh) == 0
+    assert json.loads(capsys.readouterr().out)["examined"] == 0  # both were placed just now
+
+    for placed in results.values():  # the broker fills both; no delivery of either intent comes back
+        for _ in range(fake.polls_to_fill):
+            fake.get_order(placed.broker_order_id or "")
+    assert main(["orders", "sweep", "--older-than", "0", "--max-orders", "1", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["examined"], first["settled"], first["exhausted"], first["states"]) == (
+        1,
+        1,
+        "orders",
+        {"filled": 1},
+    )
+    assert main(["orders", "sweep", "--older-than", "0"]) == 0  # continues after the first: the other
+    assert capsys.readouterr().out.startswith("Swept 1 open order(s) in ")
+
+    store = SQLiteExecutionStore(ledger_path)
+    try:
+        assert len(list(store.iter_ledger_trades("acme_corp"))) == 2
+        assert store.open_orders(datetime.now(UTC), limit=10) == []
+    finally:
+        store.close()
+    assert main(["orders", "sweep", "--older-than", "0", "--json"]) == 0  # nothing left: nothing written
+    assert json.loads(capsys.readouterr().out)["examined"] == 0
+    assert main(["orders", "sweep", "--max-orders", "-1"]) == 2
