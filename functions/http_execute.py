@@ -5,7 +5,13 @@ and the user from its claims): a body naming another tenant or user is refused. 
 answered with a reason and write nothing:
 
 401 no or bad token · 403 no tenant, a role that may not trade, another tenant or user ·
-405 not POST · 413 body over 16 KiB · 400 not a JSON object · 422 invalid intent (field errors).
+405 not POST · 503 with Retry-After: the store stayed contended, nothing was written ·
+409 the idempotency key was used for a different intent (the fields that differ) ·
+413 body over 16 KiB · 400 not a JSON object · 422 invalid intent (field errors).
+
+The caller's idempotency key (``Idempotency-Key`` header or body; the content digest when neither)
+lives in the ``api:`` namespace: a caller can never pick a key of the strategy runner's (``run:``).
+The intent is executed as untrusted: its figures can only tighten the checks.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from functions.http_auth import (
     caller,
     json_object_body,
     method_not_allowed,
+    refuse,
     refused,
 )
 
@@ -30,7 +37,7 @@ def _intent(body: dict[str, Any], uid: str, tenant_id: str, header_key: str | No
     """The OrderIntent, its tenant and user taken from the token."""
     from pydantic import ValidationError
 
-    from backend.core.intents import OrderIntent
+    from backend.core.intents import KeySource, OrderIntent
 
     metadata = body.get("metadata")
     if metadata is None:
@@ -48,10 +55,11 @@ def _intent(body: dict[str, Any], uid: str, tenant_id: str, header_key: str | No
     if header_key:
         body["idempotency_key"] = header_key
     try:
-        return OrderIntent.model_validate(body)
+        intent = OrderIntent.model_validate(body)
     except ValidationError as exc:
         errors = [{"field": ".".join(map(str, e["loc"])) or "body", "error": e["msg"]} for e in exc.errors()]
         raise refused(422, "invalid_intent", f"{len(errors)} invalid field(s)", errors=errors) from None
+    return intent.model_copy(update={"idempotency_key": KeySource.API.key(intent.resolved_idempotency_key())})
 
 
 def handle_execute(request: Request, execute: Callable[[Any], Any], verify: TokenVerifier) -> Response:
@@ -65,6 +73,15 @@ def handle_execute(request: Request, execute: Callable[[Any], Any], verify: Toke
         return refusal.response
 
     from backend.adapters.documents import RESULTS, to_json
+    from backend.core.intents import IdempotencyConflict
+    from backend.execution.ports import StoreBusy
 
-    result = execute(intent)
+    try:
+        result = execute(intent)
+    except IdempotencyConflict as conflict:
+        return refused(
+            409, "idempotency_conflict", str(conflict), idempotency_key=conflict.key, fields=conflict.fields
+        ).response
+    except StoreBusy as busy:
+        return refuse(503, "busy", f"{busy}: send the same request again", _headers={"Retry-After": "1"})
     return Response(to_json(RESULTS, result), status=200, mimetype="application/json")

@@ -151,7 +151,9 @@ def test_a_resting_order_is_answered_by_either_name_and_then_as_filled(
     by_key = show(stack, idempotency_key=key)
     assert by_key.status_code == 200, by_key.text
     answer = by_key.json()
-    assert (answer["idempotency_key"], answer["client_order_id"]) == (key, client_order_id)
+    # The key as stored: in the API callers' namespace (tests/test_idempotency.py).
+    assert (answer["idempotency_key"], answer["client_order_id"]) == (f"api:{key}", client_order_id)
+    assert placed["idempotency_key"] == f"api:{key}"
     order = answer["order"]
     assert order["state"] == "accepted"
     assert decimals(order, "qty", "filled_qty", "leaves_qty") == (3, 0, 3)

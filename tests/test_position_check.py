@@ -499,7 +499,7 @@ class TestCommand:
         out = capsys.readouterr().out
         for code in DriftCode:
             assert code.value in out
-        assert "3  drift found" in out
+        assert "3  something to look at: drift found" in out
         with pytest.raises(SystemExit):
             main(["--help"])
         assert "positions" in capsys.readouterr().out

@@ -21,13 +21,15 @@ Commits per filled market order: two transactions (the claim before the broker, 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from google.api_core.exceptions import AlreadyExists
+from google.api_core.exceptions import Aborted, AlreadyExists
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
@@ -79,6 +81,7 @@ from backend.execution.ports import (
     OrderCursor,
     OrderUpdate,
     RiskCheck,
+    StoreBusy,
     StoredExecution,
 )
 
@@ -87,6 +90,32 @@ _ZERO = Decimal(0)
 T = TypeVar("T")
 
 DEFAULT_PROJECT = "demo-local"  # a demo- project never reaches Google's servers
+# A transaction the SDK gave up on for contention (its own attempts re-queue in place) is run again
+# this many times, after a jittered pause, before the store reports StoreBusy.
+CONTENTION_ROUNDS = 6
+
+
+def _contended(exc: BaseException) -> bool:
+    """The SDK's way of saying its attempts all aborted: a ValueError wrapping ``Aborted``."""
+    return isinstance(exc, Aborted) or (isinstance(exc, ValueError) and isinstance(exc.__cause__, Aborted))
+
+
+def _through_contention(run: Callable[[], T], settled: Callable[[], T | None], what: str) -> T:
+    """``run`` a transaction; when contention defeats it, ask ``settled`` whether another writer
+    already did what it was for (its answer is then the outcome), else pause and run it again."""
+    for round_ in range(CONTENTION_ROUNDS):
+        try:
+            return run()
+        except (ValueError, Aborted) as exc:
+            if not _contended(exc):
+                raise
+        outcome = settled()
+        if outcome is not None:
+            return outcome
+        time.sleep(random.uniform(0.02, 0.1) * (round_ + 1))  # jitter: the writers take turns
+    raise StoreBusy(
+        f"{what}: the store stayed contended through {CONTENTION_ROUNDS} rounds; nothing was written"
+    )
 
 
 def firestore_client(project: str | None = None) -> firestore.Client:
@@ -384,7 +413,13 @@ class FirestoreExecutionStore:
             transaction.create(decision_ref, self._decision_data(approved, claimed))
             return Claim(ClaimOutcome.CLAIMED, stored=StoredExecution(approved, claimed), risk=decision)
 
-        return claim_in(self._db.transaction())  # type: ignore[no-any-return]
+        def claimed_by_another() -> Claim | None:
+            existing = decision_ref.get()
+            return Claim(ClaimOutcome.DUPLICATE, stored=_stored(existing)) if existing.exists else None
+
+        return _through_contention(
+            lambda: claim_in(self._db.transaction()), claimed_by_another, f"claim {result.idempotency_key}"
+        )
 
     def commit_order(self, update: OrderUpdate) -> OrderCommit:
         result, order = update.result, update.order
@@ -422,8 +457,16 @@ class FirestoreExecutionStore:
             transaction.set(decision_ref, data)
             return OrderCommit(True, StoredExecution(result, order))
 
+        def moved_by_another() -> OrderCommit | None:
+            current = decision_ref.get()
+            if current.exists and (current.to_dict() or {}).get("version", 0) == update.expected_version:
+                return None  # still ours to write: run it again
+            return OrderCommit(False, _stored(current) if current.exists else StoredExecution(None))
+
         try:
-            return commit_in(self._db.transaction())  # type: ignore[no-any-return]
+            return _through_contention(
+                lambda: commit_in(self._db.transaction()), moved_by_another, f"order {order.client_order_id}"
+            )
         except AlreadyExists as exc:
             raise LedgerIntegrityError(
                 f"a ledger row of order {order.client_order_id} exists already"

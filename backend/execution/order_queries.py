@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
 from backend.adapters.documents import LEDGER_ENTRIES, ORDERS, RESULTS, to_document
+from backend.core.intents import KeySource
 from backend.core.order_lifecycle import OrderRecord
 from backend.core.reasons import ReasonCode
 from backend.execution.ports import ExecutionStore, StoredExecution
@@ -78,8 +79,12 @@ class OrderNotFound(LookupError):
 
 
 def find_execution(store: ExecutionStore, tenant_id: str, ref: OrderRef) -> StoredExecution:
+    """By client order id, or by idempotency key: the caller's key as the HTTP API stored it
+    (``api:K``), else the key exactly as given (a runner's ``run:...`` key, a key from before
+    namespaces, or a full ``api:...`` key). Within the tenant either way."""
     if ref.idempotency_key is not None:
-        stored = store.get_execution(tenant_id, ref.idempotency_key)
+        key = ref.idempotency_key
+        stored = store.get_execution(tenant_id, KeySource.API.key(key)) or store.get_execution(tenant_id, key)
     else:
         assert ref.client_order_id is not None
         stored = store.find_order(tenant_id, ref.client_order_id)

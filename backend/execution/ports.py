@@ -122,6 +122,11 @@ class Broker(ABC):
         the order's state comes from the broker's next report, never from this call."""
 
 
+class StoreBusy(RuntimeError):
+    """The store could not commit for contention (other writers on the same documents) after its
+    retries. Nothing was written: the caller may try again (HTTP: 503 with Retry-After)."""
+
+
 class LedgerIntegrityError(RuntimeError):
     """A write that the ledger's invariants forbid (a second row for one trade id)."""
 
