@@ -14,6 +14,9 @@ from typing import Any
 from backend.observability.logging import configure_logging, log_event
 
 logger = logging.getLogger("msr.functions")
+# The HTTPS functions have 60 s (main.py); a request is answered well before, whatever a dependency
+# does: the broker's pace, retries and timeouts stop at this deadline (backend/execution/deadlines.py).
+REQUEST_DEADLINE_S = 45.0
 _configured = False
 
 
@@ -34,6 +37,7 @@ def _db() -> Any:
 
 def execute_http(request: Any) -> Any:
     _logging()
+    from backend.execution.deadlines import request_deadline
     from functions.app import services
     from functions.http_auth import verify_firebase_token
     from functions.http_execute import handle_execute
@@ -41,21 +45,24 @@ def execute_http(request: Any) -> Any:
     def execute(intent: Any) -> Any:
         return services().execute(intent, trusted=False)  # a caller's figures only tighten checks
 
-    return handle_execute(request, execute, verify_firebase_token)
+    with request_deadline(REQUEST_DEADLINE_S):
+        return handle_execute(request, execute, verify_firebase_token)
 
 
 def orders_http(request: Any) -> Any:
     _logging()
+    from backend.execution.deadlines import request_deadline
     from functions.app import services
     from functions.http_auth import verify_firebase_token
     from functions.http_orders import handle_orders
 
-    return handle_orders(
-        request,
-        lambda tenant_id, ref: services().show_order(tenant_id, ref),
-        lambda tenant_id, ref: services().cancel_order(tenant_id, ref),
-        verify_firebase_token,
-    )
+    with request_deadline(REQUEST_DEADLINE_S):
+        return handle_orders(
+            request,
+            lambda tenant_id, ref: services().show_order(tenant_id, ref),
+            lambda tenant_id, ref: services().cancel_order(tenant_id, ref),
+            verify_firebase_token,
+        )
 
 
 def schedule_tick(scheduled_at: datetime | None) -> int:

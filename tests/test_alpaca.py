@@ -29,6 +29,7 @@ from backend.core.intents import Side
 from backend.core.orders import OrderRequest
 from backend.core.paths import client_order_id_for
 from backend.core.risk import RiskLimits
+from backend.execution.deadlines import request_deadline
 from backend.execution.engine import (
     BrokerRejectedError,
     ExecutionEngine,
@@ -38,7 +39,7 @@ from backend.execution.engine import (
     RiskManager,
     SmartRouter,
 )
-from backend.execution.ports import ManualClock, SystemClock
+from backend.execution.ports import BrokerOutcomeUnknownError, ManualClock, SystemClock
 from backend.execution.settings import ExecSettings
 from backend.observability.logging import configure_logging
 from devtools.alpaca_simulator import FakeAlpaca, Fault, RateLimit, running
@@ -560,3 +561,50 @@ class TestPacing:
         with pytest.raises(APIError, match="rate limit"):  # the 11th in the minute: refused
             unpaced.get_order_by_client_order_id("msr-none-10")
         assert fake.throttled == 1
+
+
+class TestTimeBudget:
+    """A broker call ends within its budget whatever the network does; what is not known by then
+    is the order lifecycle's (an unknown outcome), never waited for."""
+
+    def test_a_submit_to_a_server_that_never_answers_ends_within_the_budget_as_unknown(
+        self, fake: FakeAlpaca, settings: AlpacaSettings
+    ) -> None:
+        # Every request hangs past the timeout: the submit, then each lookup by client order id.
+        slow = settings.model_copy(update={"timeout_s": 5.0, "call_budget_s": 1.0, "lookup_grace_s": 30.0})
+        fake.latency_s = 3.0
+        broker = AlpacaBroker(slow)
+        request = OrderRequest(client_order_id="msr-budget-1", broker_account_id="a", symbol="AAPL",
+                               side=Side.BUY, qty=Decimal(1), asset_class=AssetClass.EQUITY)  # fmt: skip
+        started = time.monotonic()
+        with pytest.raises(BrokerOutcomeUnknownError):
+            broker.submit_order(request)
+        assert time.monotonic() - started < 2.5  # the 1 s budget and one request's slack, not 5 s x n
+
+    def test_fill_polls_stop_at_the_budget_and_answer_the_order_as_accepted(
+        self, fake: FakeAlpaca, settings: AlpacaSettings
+    ) -> None:
+        fake.fill, fake.polls_to_fill = "new", 1000  # rests
+        resting = settings.model_copy(update={"call_budget_s": 0.3, "fill_polls": 50, "fill_poll_s": 0.05})
+        request = OrderRequest(client_order_id="msr-budget-2", broker_account_id="a", symbol="AAPL",
+                               side=Side.BUY, qty=Decimal(1), asset_class=AssetClass.EQUITY)  # fmt: skip
+        started = time.monotonic()
+        order = AlpacaBroker(resting).submit_order(request)
+        assert time.monotonic() - started < 1.0  # 50 polls of growing pauses would take a minute
+        assert order.status.value == "accepted"
+
+    def test_a_wait_for_the_pace_past_the_requests_deadline_sends_nothing(
+        self, fake: FakeAlpaca, settings: AlpacaSettings
+    ) -> None:
+        paced = settings.model_copy(update={"api_key_id": "deadline", "trading_requests_per_minute": 1})
+        broker = AlpacaBroker(paced, pacer=RequestPacer(1))
+        assert broker.get_order_by_client_order_id("msr-none-1") is None  # uses the minute's request
+        posts = posted_bodies(fake)
+        request = OrderRequest(client_order_id="msr-budget-3", broker_account_id="a", symbol="AAPL",
+                               side=Side.BUY, qty=Decimal(1), asset_class=AssetClass.EQUITY)  # fmt: skip
+        started = time.monotonic()
+        with request_deadline(0.5), pytest.raises(BrokerOutcomeUnknownError, match="not sent"):
+            broker.submit_order(request)
+        assert time.monotonic() - started < 0.5
+        assert posted_bodies(fake) == posts
+        assert fake.order_for("msr-budget-3") is None

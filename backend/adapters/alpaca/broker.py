@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import partial
 
 import requests
 from alpaca.common.enums import Sort
@@ -34,11 +35,14 @@ from pydantic import ValidationError
 from backend.adapters import alpaca as alpaca_package
 from backend.adapters.alpaca.http import (
     NETWORK_ERRORS,
+    BudgetExhausted,
     RequestPacer,
     harden,
     message_of,
     pacer_for,
+    pause,
     retry_after_s,
+    time_budget,
     with_read_retries,
 )
 from backend.adapters.alpaca.settings import AlpacaSettings
@@ -167,7 +171,7 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
             self.settings.api_key_id or "", self.settings.trading_requests_per_minute
         )
         harden(self._client, self.settings.timeout_s, self.pacer)
-        self._sleep = sleep
+        self._sleep = partial(pause, sleep=sleep)  # cut short by a call's budget (``time_budget``)
 
     # -- before the network -----------------------------------------------------------
 
@@ -203,10 +207,20 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
         refusal = self.check(request)
         if refusal is not None:
             raise BrokerRejectedError(refusal[1], refusal[0])
-        order = self._submit_once(request)
-        return self._track_fill(order)
+        with time_budget(self.settings.call_budget_s):
+            order = self._submit_once(request)
+            return self._track_fill(order)
 
     def _submit_once(self, request: OrderRequest) -> Order:
+        try:
+            return self._submit_attempts(request)
+        except BudgetExhausted as exhausted:
+            # Raised before a request went out, or instead of a pause after a 429 (which Alpaca did
+            # not process): nothing was sent. Unknown all the same, so the lifecycle settles it
+            # (sends it again under the same client order id, or releases it) — never waited for.
+            raise BrokerOutcomeUnknownError(f"not sent within the call's time budget ({exhausted})") from None
+
+    def _submit_attempts(self, request: OrderRequest) -> Order:
         alpaca_request = self._alpaca_request(request)
         for _ in range(_SUBMIT_ATTEMPTS_AFTER_429):
             try:
@@ -250,13 +264,16 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
         while True:
             try:
                 existing = self._lookup(request.client_order_id)
-            except (APIError, *NETWORK_ERRORS, *MALFORMED_ANSWERS) as error:
+            except (APIError, BudgetExhausted, *NETWORK_ERRORS, *MALFORMED_ANSWERS) as error:
                 raise BrokerOutcomeUnknownError(f"{why}; lookup failed: {type(error).__name__}") from error
             if existing is not None:
                 return existing
             if time.monotonic() >= deadline:
                 raise BrokerOutcomeUnknownError(f"{why}; no order with this client order id (yet)")
-            self._sleep(wait)
+            try:
+                self._sleep(wait)
+            except BudgetExhausted:
+                raise BrokerOutcomeUnknownError(f"{why}; the call's time budget ran out") from None
             wait = min(wait * 2, self.settings.max_wait_s)
 
     # -- reads ------------------------------------------------------------------------
@@ -275,15 +292,22 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
         )
 
     def get_order_by_client_order_id(self, client_order_id: str) -> BrokerOrder | None:
-        order = self._lookup(client_order_id)
+        """The order, or None when Alpaca has none; raises when it could not be read in the call's
+        budget (``BudgetExhausted``) or at all: no answer is not "not found"."""
+        with time_budget(self.settings.call_budget_s):
+            order = self._lookup(client_order_id)
         return to_broker_order(order) if order is not None else None
 
     def cancel_order(self, client_order_id: str) -> None:
         """Cancel by Alpaca's order id (looked up by client order id). 422: final already (or not
         cancelable); 404: Alpaca has no such order; a lost answer is unknown, not a refusal."""
+        with time_budget(self.settings.call_budget_s):
+            self._cancel(client_order_id)
+
+    def _cancel(self, client_order_id: str) -> None:
         try:
             order = self._lookup(client_order_id)
-        except (APIError, *NETWORK_ERRORS, *MALFORMED_ANSWERS) as error:
+        except (APIError, BudgetExhausted, *NETWORK_ERRORS, *MALFORMED_ANSWERS) as error:
             raise BrokerOutcomeUnknownError(f"cancel: lookup failed ({type(error).__name__})") from error
         if order is None:
             raise BrokerRejectedError(
@@ -297,7 +321,7 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
                     f"Alpaca {error.status_code}: {message_of(error)}", ReasonCode.ORDER_NOT_CANCELABLE
                 ) from error
             raise BrokerOutcomeUnknownError(f"cancel: Alpaca {error.status_code}") from error
-        except (*NETWORK_ERRORS, *MALFORMED_ANSWERS) as error:
+        except (BudgetExhausted, *NETWORK_ERRORS, *MALFORMED_ANSWERS) as error:
             raise BrokerOutcomeUnknownError(f"cancel: {type(error).__name__}") from error
         log_event(logger, "alpaca.cancel_requested", f"Cancel requested for {client_order_id}",
                   client_order_id=client_order_id, broker_order_id=str(order.id))  # fmt: skip
@@ -400,8 +424,8 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
         for attempt in range(self.settings.fill_polls):
             if current.status in _FINAL:
                 break
-            self._sleep(self.settings.fill_poll_s * (attempt + 1))
             try:
+                self._sleep(self.settings.fill_poll_s * (attempt + 1))
                 refreshed = with_read_retries(
                     lambda: self._client.get_order_by_id(order.id),
                     self.settings.read_attempts,
@@ -409,7 +433,7 @@ class AlpacaBroker(alpaca_package.AlpacaBroker):
                     self.settings.max_wait_s,
                     self._sleep,
                 )
-            except (APIError, *NETWORK_ERRORS, *MALFORMED_ANSWERS):
+            except (APIError, BudgetExhausted, *NETWORK_ERRORS, *MALFORMED_ANSWERS):
                 break  # placed for sure; the fill is reconciled later
             current = to_broker_order(refreshed)  # type: ignore[arg-type]
         return current

@@ -11,17 +11,69 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import requests
 from alpaca.common.exceptions import APIError
 from alpaca.common.rest import RESTClient
 
+from backend.execution.deadlines import request_time_left
+
 T = TypeVar("T")
 
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 NETWORK_ERRORS = (requests.Timeout, requests.ConnectionError)
+
+
+# The monotonic time by which the current broker call must be done (None: no budget). Every HTTP
+# timeout and every pause is cut to what is left of it, and of the request's deadline
+# (``backend.execution.deadlines``). A wait for the account's pace is cut by the request's deadline
+# only: a sweep with no request behind it waits for the pace rather than fail.
+_DEADLINE: ContextVar[float | None] = ContextVar("alpaca_call_deadline", default=None)
+
+
+class BudgetExhausted(Exception):
+    """The broker call's time budget is spent: nothing more is sent or waited for. Raised before a
+    request goes out (so that request was not sent) or instead of a pause."""
+
+
+@contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Bound a broker call (with its retries, lookups and pauses) to ``seconds``, nested budgets
+    keeping the earlier deadline: what does not finish in it is the lifecycle's to settle."""
+    deadline = time.monotonic() + seconds
+    outer = _DEADLINE.get()
+    token = _DEADLINE.set(deadline if outer is None else min(outer, deadline))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def time_left() -> float | None:
+    """What is left of the call's budget and the request's deadline, whichever ends first."""
+    deadline = _DEADLINE.get()
+    lefts = [
+        t
+        for t in (request_time_left(), None if deadline is None else deadline - time.monotonic())
+        if t is not None
+    ]
+    return min(lefts) if lefts else None
+
+
+def pause(
+    seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+    budget: Callable[[], float | None] = time_left,
+) -> None:
+    """``sleep``, unless the budget would run out first."""
+    left = budget()
+    if left is not None and seconds >= left:
+        raise BudgetExhausted(f"a {seconds:.2f}s pause does not fit in the {max(left, 0):.2f}s left")
+    sleep(seconds)
 
 
 class RequestPacer:
@@ -51,7 +103,7 @@ class RequestPacer:
                 self._sent.popleft()
             if len(self._sent) >= self.per_minute:
                 wait = 60 - (now - self._sent[0])
-                self._sleep(wait)
+                pause(wait, self._sleep, request_time_left)  # past the request's deadline: not sent
                 self.waited_s += wait
                 now = self._clock()
                 self._sent.popleft()
@@ -75,9 +127,15 @@ class TimeoutSession(requests.Session):
         self.pacer = pacer
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
-        kwargs.setdefault("timeout", self.timeout_s)
         if self.pacer is not None:
             self.pacer.acquire()
+        timeout = kwargs.get("timeout") or self.timeout_s
+        left = time_left()
+        if left is not None:
+            if left <= 0:
+                raise BudgetExhausted(f"no time left to send {method!r} {url!r}")
+            timeout = min(timeout, left)
+        kwargs["timeout"] = timeout
         return super().request(method, url, *args, **kwargs)
 
 

@@ -44,6 +44,10 @@ class AlpacaSettings(BaseSettings):
     max_wait_s: Annotated[float, Field(ge=0)] = 5.0
     # After an unconfirmed submit, how long "not found" is looked up again before it means unknown.
     lookup_grace_s: Annotated[float, Field(ge=0)] = 2.0
+    # One broker call (a submit with its retries, lookups and fill polls; a lookup; a cancel) ends
+    # within this many seconds, whatever the network does: what is not known by then is the order
+    # lifecycle's to settle (a function has 60 s in all: quote, store and broker).
+    call_budget_s: Annotated[float, Field(gt=0)] = 20.0
     # Fill tracking after placement: bounded polling of the order.
     fill_polls: Annotated[int, Field(ge=0)] = 5
     fill_poll_s: Annotated[float, Field(ge=0)] = 0.2
