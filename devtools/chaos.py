@@ -56,6 +56,7 @@ SYMBOLS = (("BTC/USD", "49995", "50005"), ("AAPL", "189.99", "190.01"), ("MSFT",
 CRASH_POINTS = ("after_claim", "after_accept", "inside_ledger_write")
 CRASH_EXIT = 137  # what a SIGKILL looks like to a parent
 UNSETTLED = ("claimed", "submitted", "unknown")
+OPEN_AT_BROKER = frozenset({"new", "accepted", "partially_filled", "pending_new", "held", "done_for_day"})
 
 
 @dataclass(frozen=True)
@@ -445,6 +446,19 @@ def _open_orders(store: Any) -> dict[int, tuple[str, str]]:
     }
 
 
+def _behind_the_broker(store: Any, fake: FakeAlpaca) -> bool:
+    """Some order the store has as resting is final at the broker, or filled more there: the next
+    delivery (or sweep) has something to settle."""
+    at_broker = {order["client_order_id"]: order for order in fake.orders_snapshot()}
+    for stored in store.iter_orders(TENANT, open_only=True):
+        broker = at_broker.get(stored.order.client_order_id)
+        if broker is None:
+            continue
+        if broker["status"] not in OPEN_AT_BROKER or Decimal(broker["filled_qty"]) != stored.order.filled_qty:
+            return True
+    return False
+
+
 def run_chaos(config: ChaosRun) -> ChaosReport:
     started = time.monotonic()
     report = ChaosReport(config=asdict(config))
@@ -459,7 +473,7 @@ def run_chaos(config: ChaosRun) -> ChaosReport:
         env = _settings_env(config, url)
         pool = _Pool(config, env, report)
         try:
-            errors = _deliver_everything(pool, config, report, env)
+            errors = _deliver_everything(pool, config, report, env, fake)
         finally:
             pool.close()
         store = _open_store(config, env)
@@ -487,7 +501,9 @@ def _simulator(config: ChaosRun) -> FakeAlpaca:
     return fake
 
 
-def _deliver_everything(pool: _Pool, config: ChaosRun, report: ChaosReport, env: dict[str, str]) -> list[str]:
+def _deliver_everything(
+    pool: _Pool, config: ChaosRun, report: ChaosReport, env: dict[str, str], fake: FakeAlpaca
+) -> list[str]:
     rng = random.Random(config.seed)
     first: list[int] = []
     for index in range(config.intents):
@@ -505,8 +521,10 @@ def _deliver_everything(pool: _Pool, config: ChaosRun, report: ChaosReport, env:
                 store = _open_store(config, env)
             open_orders = _open_orders(store)
             unsettled = [i for i, (state, _) in open_orders.items() if state in UNSETTLED]
-            if not unsettled and open_orders == before:
-                break  # only resting orders left, and a whole round changed none of them
+            if not unsettled and open_orders == before and not _behind_the_broker(store, fake):
+                # Only resting orders left, a whole round changed none of them, and the broker has
+                # moved none on (a round whose lookup met a fault proves nothing by itself).
+                break
             before = open_orders
             report.redelivery_rounds += 1
             if config.finish_with == "sweeper":
@@ -570,7 +588,7 @@ def _one_order_per_intent(
 def _one_row_per_fill(stored: dict[str, Any], ledger: list[Any], at_broker: dict[str, Any]) -> list[str]:
     """One ledger row per fill, adding up to what the broker filled; nothing left unsettled; a
     resting order rests at the broker too."""
-    open_at_broker = {"new", "accepted", "partially_filled", "pending_new", "held", "done_for_day"}
+    open_at_broker = OPEN_AT_BROKER
     problems = [
         f"ledger row {tid} written {n} times"
         for tid, n in Counter(t.trade_id for t in ledger).items()
