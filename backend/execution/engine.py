@@ -476,7 +476,7 @@ class ExecutionEngine:
             _log_venue_refusal(draft, code, reason)
             return self._finish_without_order(draft.result(ExecutionStatus.REJECTED, code, reason))
         if limits.kill_reason is None and limits.max_orders_per_minute is not None:
-            refused = self._rate_refusal(draft, limits.max_orders_per_minute)
+            refused = self._rate_refusal(draft, trading_day, limits)
             if refused is not None:
                 return self._finish_without_order(refused)
         order = claimed_order(
@@ -500,10 +500,25 @@ class ExecutionEngine:
         assert claim.stored is not None
         return self._submit(claim.stored, request)
 
-    def _rate_refusal(self, draft: _Draft, per_minute: int) -> ExecutionResult | None:
+    def _rate_refusal(
+        self, draft: _Draft, trading_day: str, limits: EffectiveLimits
+    ) -> ExecutionResult | None:
         """Count the order in the tenant's current minute, or refuse it (RATE_LIMIT) when the
-        minute's count has reached the limit."""
+        minute's count has reached the limit. The risk checks run first on what the store holds
+        now, so an intent they refuse spends no slot (the claim checks again, atomically)."""
         assert self.controls is not None  # a rate limit comes only from the runtime controls
+        assert limits.max_orders_per_minute is not None
+        intent, per_minute = draft.intent, limits.max_orders_per_minute
+        exposure = self.store.get_exposure(
+            draft.tenant_id,
+            intent.broker_account_id,
+            intent.symbol,
+            trading_day,
+            limits.risk.max_daily_trades,
+        )
+        draft.risk = self.risk.evaluate(intent, exposure, draft.routing.mid_price, limits.risk)
+        if not draft.risk.approved:
+            return draft.risk_refusal()
         minute = minute_bucket(draft.now)
         if self.controls.take_rate_slot(draft.tenant_id, minute, per_minute, draft.key) is not None:
             return None
