@@ -272,6 +272,31 @@ def test_a_global_kill_and_tightened_limits_take_effect_within_the_bound(
     assert "globally" in stopped.reason
 
 
+class Crash(BaseException):
+    """The worker dies here, after the claim and before the broker call."""
+
+
+def test_an_order_claimed_and_never_sent_is_released_not_sent_once_the_tenant_is_killed(
+    controls_store: Any, ledger: Any, clock: ManualClock, market: StaticMarketData, broker: CountingBroker
+) -> None:
+    def dies(request: Any) -> Any:
+        raise Crash
+
+    engine = paper_engine(ledger, CachedControls(controls_store, clock, BOUND), broker, market, clock)
+    original, broker.submit_order = broker.submit_order, dies  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        engine.execute_intent(aapl("lost"))
+    broker.submit_order = original  # type: ignore[method-assign]
+    flip(controls_store, TENANT, ControlAction.KILL)
+    clock.advance(timedelta(seconds=engine.settings.lease_seconds + engine.settings.reconcile_after_seconds))
+    market.set_quote("AAPL", "189.99", "190.01")
+    settled = engine.execute_intent(aapl("lost"))  # the intent's next delivery settles it
+    assert (settled.reason_code, settled.order_state) == (ReasonCode.KILL_SWITCH, OrderState.FAILED)
+    assert broker.calls == []
+    exposure = ledger.get_exposure(TENANT, "acct", "AAPL", T0.date().isoformat(), 50)
+    assert exposure.pending_buy_qty == 0
+
+
 def test_unreadable_controls_stop_trading_rather_than_lift_the_switches(
     clock: ManualClock, market: StaticMarketData, broker: CountingBroker, store: Any
 ) -> None:
