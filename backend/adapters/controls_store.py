@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from backend.adapters.sqlite_store import _retry_while_locked
 from backend.core.controls import (
     GLOBAL_SCOPE,
     RATE_SHARDS,
@@ -47,11 +48,13 @@ _RATE_SLOT_RETENTION = timedelta(days=1)
 
 
 def _utc(value: Any) -> datetime | None:
+    """A plain UTC datetime from RFC 3339 text (SQLite) or Firestore's own datetime subclass."""
     if value is None:
         return None
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    return datetime(*value.timetuple()[:6], value.microsecond, tzinfo=UTC)
+    moment = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC)
+    return datetime(*moment.timetuple()[:6], moment.microsecond, tzinfo=UTC)
 
 
 def state_document(state: ControlState, as_text: bool = False) -> dict[str, Any]:
@@ -168,8 +171,9 @@ class SQLiteControlsStore:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(SCHEMA)
+        # As the ledger's store opens the same file: switching to WAL does not wait on the busy timeout.
+        _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
+        _retry_while_locked(lambda: self._conn.executescript(SCHEMA))
 
     def close(self) -> None:
         with self._lock:
