@@ -8,8 +8,9 @@ ledger (the same file, its own tables). One document shape for both:
   action, limit, before, after, why), never changed.
 - ``tenants/{t}/rate_slots/{minute}~{shard}``: ``count`` of orders claimed in that UTC minute on
   that shard, never above the shard's capacity (``backend.core.controls.shard_capacity``).
-  ``expires_at`` (the minute's end plus a day) lets a Firestore TTL policy delete old ones; the
-  SQLite store deletes minutes older than a day as it goes.
+  ``expires_at`` (the minute's end plus a day) is the field of the TTL policy in
+  ``firestore.indexes.json`` that deletes old ones; the SQLite store deletes minutes older than a
+  day as it goes.
 """
 
 from __future__ import annotations
