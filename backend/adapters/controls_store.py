@@ -174,6 +174,7 @@ class SQLiteControlsStore:
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         # As the ledger's store opens the same file: switching to WAL does not wait on the busy timeout.
         _retry_while_locked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"))
+        self._conn.execute("PRAGMA synchronous=NORMAL")  # as the ledger's: durable across a crash
         _retry_while_locked(lambda: self._conn.executescript(SCHEMA))
 
     def close(self) -> None:
