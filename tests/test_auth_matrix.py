@@ -172,7 +172,7 @@ PRODUCTION_CELLS: list[tuple[str, Headers, int, str]] = [
         lambda: bearer(signed_token(TRADER, STRANGER, header={"kid": KEY.kid})),
         401,
         "signature does not match",
-    ),  # fmt: skip
+    ),
     ("wrong audience", lambda: signed(payload={"aud": "someone-else"}), 401, "audience"),
     ("wrong issuer", lambda: signed(payload={"iss": "https://securetoken.google.com/x"}), 401, "issuer"),
     ("expired", lambda: signed(expires_in_s=-60), 401, "expired"),
@@ -250,7 +250,7 @@ def test_users_are_looked_up_with_the_emulator_token_never_google_credentials(
         (Mode.GARBAGE, "no user record"),
         (Mode.ERROR, "answered 503"),
         (Mode.REFUSE, "unreachable"),
-    ],  # fmt: skip
+    ],
 )
 def test_a_user_lookup_that_fails_is_503(
     execute: ServedFunction, fake: FakeAlpaca, users: UsersServer, mode: Mode, reason: str
@@ -372,7 +372,7 @@ ORDERS_CELLS: list[tuple[str, Headers, int, str]] = [
         lambda: bearer(signed_token(TRADER, STRANGER, header={"kid": KEY.kid})),
         401,
         "signature does not match",
-    ),  # fmt: skip
+    ),
     ("role list", lambda: signed({**TRADER, "role": ["viewer"]}), 403, "role claim is not a string"),
     ("tenant_id int", lambda: signed({**TRADER, "tenant_id": 7}), 403, "tenant_id claim is not a string"),
     ("valid token, no such order", lambda: signed(), 404, "has no execution"),
