@@ -245,20 +245,19 @@ def _get_bounded(method: str, url: str, timeout_s: float, **kwargs: Any) -> Answ
         return response.status_code, response.headers, bytes(body)
 
 
-def _transport_errors() -> tuple[type[Exception], ...]:
-    """What a call over the network may raise besides an answer: requests' errors (urllib3's
-    arrive wrapped in them), sockets', and google-auth's (no credentials, a failed refresh)."""
+def _call(what: str, timeout_s: float, call: Callable[[], Answer]) -> Answer:
+    """``call`` within ``timeout_s``; what it may raise besides an answer is an ``AuthUnavailable``:
+    requests' errors (urllib3's arrive wrapped in them), sockets', google-auth's (no credentials,
+    a failed refresh)."""
     import google.auth.exceptions
     import requests
 
-    return requests.RequestException, OSError, google.auth.exceptions.GoogleAuthError
-
-
-def _call(what: str, timeout_s: float, call: Callable[[], Answer]) -> Answer:
     try:
         return within(timeout_s, what, call)
-    except _transport_errors() as exc:
+    except (requests.RequestException, OSError) as exc:
         raise AuthUnavailable(f"{what} is unreachable ({type(exc).__name__})") from None
+    except google.auth.exceptions.GoogleAuthError as exc:
+        raise AuthUnavailable(f"{what} has no usable credentials ({type(exc).__name__})") from None
 
 
 # -- certificates ---------------------------------------------------------------------------------

@@ -265,6 +265,23 @@ def test_a_user_lookup_that_fails_is_503(
     assert body["error"] == "auth_unavailable"
 
 
+def test_no_credentials_for_the_user_lookup_is_503(
+    alpaca_url: str,
+    certificates: CertificateServer,
+    fake: FakeAlpaca,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Deployed without credentials to read users (Google's users URL, no service account):
+    every request a 503 naming it, not a 500."""
+    env = {
+        "EXEC_AUTH_CERTS_URL": certificates.url,
+        "EXEC_AUTH_USERS_URL": "",  # Google's
+        "GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path_factory.mktemp("adc") / "missing.json"),
+    }
+    with serve("execute", alpaca_url, env | store_env(tmp_path_factory)) as function:
+        refused_within_bound(function, fake, signed(), 503, "no usable credentials (DefaultCredentialsError)")
+
+
 @pytest.fixture(scope="module")
 def broken_certificates() -> Iterator[CertificateServer]:
     with CertificateServer([KEY]) as server:
