@@ -236,7 +236,10 @@ def _get_bounded(method: str, url: str, timeout_s: float, **kwargs: Any) -> Answ
     import requests
 
     deadline = time.monotonic() + timeout_s
-    with requests.request(method, url, timeout=(timeout_s, timeout_s), stream=True, **kwargs) as response:
+    # The caller stops waiting at ``timeout_s`` (``within``); the socket's own timeouts, a little
+    # longer, only end the worker it leaves behind.
+    socket_timeout_s = timeout_s + 1
+    with requests.request(method, url, timeout=socket_timeout_s, stream=True, **kwargs) as response:
         body = bytearray()
         for chunk in response.iter_content(8192):
             body += chunk
