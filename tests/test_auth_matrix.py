@@ -16,6 +16,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -321,6 +322,22 @@ def test_certificate_endpoint_failing_is_503(
     broken_certificates.set_mode(mode)
     response = refused_within_bound(execute_without_certificates, fake, signed(), 503, reason)
     assert response["error"] == "auth_unavailable"
+
+
+def test_concurrent_requests_share_one_failed_certificate_fetch(
+    execute_without_certificates: ServedFunction, broken_certificates: CertificateServer, fake: FakeAlpaca
+) -> None:
+    """Eight requests at once while the endpoint never answers: every one a 503 within the bound
+    (those that waited for the one fetch fail with it instead of queueing their own)."""
+    broken_certificates.set_mode(Mode.HANG)
+    fetches_before, before = len(broken_certificates.requests), writes(execute_without_certificates, fake)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda _: timed("POST", execute_without_certificates.url, json=INTENT,
+                                                headers=signed()), range(8)))  # fmt: skip
+    assert [response.status_code for response, _ in answers] == [503] * 8
+    assert max(elapsed for _, elapsed in answers) < BOUND_S
+    assert len(broken_certificates.requests) - fetches_before < 8
+    assert writes(execute_without_certificates, fake) == before
 
 
 @pytest.mark.parametrize(
