@@ -336,7 +336,7 @@ def test_concurrent_requests_share_one_failed_certificate_fetch(
                                                 headers=signed()), range(8)))  # fmt: skip
     assert [response.status_code for response, _ in answers] == [503] * 8
     assert max(elapsed for _, elapsed in answers) < BOUND_S
-    assert len(broken_certificates.requests) - fetches_before < 8
+    assert len(broken_certificates.requests) - fetches_before == 1  # all arrived during the first
     assert writes(execute_without_certificates, fake) == before
 
 
