@@ -111,3 +111,8 @@ def slot_probe_order(tenant_id: str, idempotency_key: str, daily_limit: int) -> 
 def ops_state_path(name: str) -> str:
     """Where a scheduled job keeps its state between runs (a cursor, a watermark): ``ops/{name}``."""
     return f"ops/{_segment(name, 'name')}"
+
+
+def broker_account_path(tenant_id: str, account_id: str) -> str:
+    """``tenants/{tenant_id}/broker_accounts/{account_id}``: one of the tenant's broker accounts."""
+    return f"{tenant_collection_path(tenant_id, 'broker_accounts')}/{_segment(account_id, 'account_id')}"

@@ -22,6 +22,10 @@ class ReasonCode(StrEnum):
     DAILY_LIMIT = "DAILY_LIMIT"
     # Venue and broker refusals (before or at the broker).
     NO_VENUE_FOR_ASSET_CLASS = "NO_VENUE_FOR_ASSET_CLASS"
+    # Broker accounts: the intent names an account that is not its tenant's (or no default exists);
+    # the account's keys cannot be had.
+    BROKER_ACCOUNT_NOT_ALLOWED = "BROKER_ACCOUNT_NOT_ALLOWED"
+    BROKER_ACCOUNT_UNAVAILABLE = "BROKER_ACCOUNT_UNAVAILABLE"
     ORDER_INVALID = "ORDER_INVALID"
     INSUFFICIENT_BUYING_POWER = "INSUFFICIENT_BUYING_POWER"
     ASSET_NOT_TRADABLE = "ASSET_NOT_TRADABLE"
