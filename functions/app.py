@@ -154,6 +154,7 @@ def services() -> Services:
 def _build_services(built: Stores) -> Services:
     from backend.adapters.alpaca.broker import AlpacaBroker
     from backend.adapters.alpaca.settings import AlpacaSettings
+    from backend.adapters.broker_credentials import AccountBrokers, alpaca_for_keys
     from backend.adapters.market_data_selection import configured_market_data
     from backend.adapters.paper_broker import PaperBroker
     from backend.adapters.venues import build_venues
@@ -170,7 +171,16 @@ def _build_services(built: Stores) -> Services:
     broker = build_venues(
         settings.venue_table(), lambda: AlpacaBroker(alpaca_settings), lambda: PaperBroker(market_data, clock)
     )
+    # Registered accounts trade through their own keys (read from Secret Manager on first use);
+    # a tenant without registry entries through the deployment's own (the single-firm install).
+    brokers = AccountBrokers(
+        _LazyCredentials(),
+        alpaca_for_keys(alpaca_settings),
+        lambda: PaperBroker(market_data, clock),
+        settings.venue_table(),
+    )
     engine = ExecutionEngine(
+        brokers=brokers,
         broker=broker,
         router=SmartRouter(market_data=market_data, clock=clock, policy=settings.routing_policy()),
         risk=RiskManager(settings.risk_limits()),
@@ -183,6 +193,21 @@ def _build_services(built: Stores) -> Services:
 
     turns = threading.Lock() if isinstance(store, SQLiteExecutionStore) else contextlib.nullcontext()
     return Services(settings, engine, store, market_data, turns)
+
+
+class _LazyCredentials:
+    """The configured credential resolver (``EXEC_BROKER_CREDENTIALS``), built when a registered
+    account first trades: a deployment without registered accounts never needs it."""
+
+    def __init__(self) -> None:
+        self._resolver: Any = None
+
+    def keys(self, credentials_ref: str) -> Any:
+        if self._resolver is None:
+            from backend.adapters.broker_credentials import configured_credentials
+
+            self._resolver = configured_credentials()
+        return self._resolver.keys(credentials_ref)
 
 
 def position_check() -> PositionCheck:

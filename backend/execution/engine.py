@@ -265,7 +265,7 @@ class ExecutionEngine:
         tenant_id = intent.tenant_id or self.settings.tenant_id
         key = intent.resolved_idempotency_key()
         given_account = intent.broker_account_id
-        account = self.resolve_account(tenant_id, intent)
+        account = self.resolve_account(tenant_id, intent.broker_account_id)
         intent = _on_account(intent, account, key)
         log_intent_received(intent, tenant_id, key)
 
@@ -303,14 +303,13 @@ class ExecutionEngine:
             )
         return self._place(draft, trading_day)
 
-    def resolve_account(self, tenant_id: str, intent: OrderIntent) -> BrokerAccount:
-        """The account ``intent`` trades through; ``BrokerAccountRefused`` (nothing written) when it
-        names an account that is not its tenant's, or one whose broker cannot be built."""
-        resolved = resolve_account(
-            tenant_id, intent.broker_account_id, self.accounts.broker_accounts(tenant_id)
-        )
+    def resolve_account(self, tenant_id: str, requested: str) -> BrokerAccount:
+        """The account an intent of ``tenant_id`` naming ``requested`` trades through;
+        ``BrokerAccountRefused`` (nothing written) when it is not the tenant's, or when its broker
+        cannot be had. The strategy runner asks this before a run; ``execute_intent`` for each intent."""
+        resolved = resolve_account(tenant_id, requested, self.accounts.broker_accounts(tenant_id))
         if isinstance(resolved, AccountRefusal):
-            _log_account_refusal(tenant_id, intent.broker_account_id, resolved)
+            _log_account_refusal(tenant_id, requested, resolved)
             raise BrokerAccountRefused(resolved)
         self._broker_of(resolved)  # its credentials must be at hand before anything is written
         return resolved
