@@ -9,6 +9,7 @@ engine's services.
     msr orders cancel --key K --tenant T       # cancel a resting order through the broker
     msr orders sweep --max-orders 200          # settle open orders from the broker (all tenants)
     msr positions check --json                 # Alpaca's positions against the ledger's: the drift
+    msr accounts list --tenant T               # the tenant's broker accounts (add, set-default)
 
 Human output goes to stdout, JSON log lines to stderr.
 """
@@ -39,6 +40,7 @@ from backend.execution.settings import ConfigurationError, load_settings
 from backend.observability.logging import configure_logging
 from functions import paper_run
 from functions.app import Services, configured_services
+from functions.cli_accounts import add_accounts
 
 EXIT_OK = 0
 # Nothing was done and the message says why: argparse's code for a bad option, reused for every
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fees(commands)
     _add_orders(commands)
     _add_positions(commands)
+    add_accounts(commands, _parser)
     return parser
 
 

@@ -444,3 +444,59 @@ class TestSingleFirmInstall:
         assert len(broker.calls) == 1
         with pytest.raises(ValueError, match="qty"):  # a different trade under the key is still a conflict
             engine().execute_intent(intent("solo", "alpaca_main", "old-1", qty="4"))
+
+
+# -- msr accounts: the admin path, on both stores --------------------------------------------------
+
+
+@pytest.fixture
+def msr_on(contract_store: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``msr`` configured for the same store as ``contract_store``."""
+    from backend.adapters.sqlite_store import SQLiteExecutionStore
+    from devtools.emulators import PROJECT
+    from functions.cli import main
+
+    if isinstance(contract_store, SQLiteExecutionStore):
+        monkeypatch.setenv("EXEC_STORE", "sqlite")
+        monkeypatch.setenv("EXEC_SQLITE_PATH", contract_store.path)
+    else:
+        monkeypatch.setenv("EXEC_STORE", "firestore")
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", PROJECT)
+    yield main
+    import logging
+
+    logging.getLogger("msr").handlers[:] = []
+
+
+def test_msr_accounts_add_list_and_set_default(
+    msr_on: Any, contract_store: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    add = ["accounts", "add", "--tenant", "tenant_a", "--venue", "alpaca"]
+    assert msr_on([*add, "--account", "a-main", "--credentials-ref", REF_A]) == 0
+    assert (
+        msr_on([*add, "--account", "a-live", "--mode", "live", "--credentials-ref", REF_B, "--default"]) == 0
+    )
+    capsys.readouterr()
+    assert msr_on(["accounts", "list", "--tenant", "tenant_a", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(a["account_id"], a["mode"], a["is_default"]) for a in listed] == [
+        ("a-live", "live", True),
+        ("a-main", "paper", False),
+    ]
+    assert msr_on(["accounts", "set-default", "--tenant", "tenant_a", "--account", "a-main"]) == 0
+    assert registry_for(contract_store).broker_account("tenant_a", "a-main").is_default
+    assert not registry_for(contract_store).broker_account("tenant_a", "a-live").is_default
+
+
+def test_msr_accounts_refuses_a_secret_in_place_of_a_reference_and_another_tenants_account(
+    msr_on: Any, contract_store: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    leaked = '{"api_key_id": "AK", "secret_key": "do-not-store"}'
+    add = ["accounts", "add", "--tenant", "tenant_a", "--account", "a-main", "--venue", "alpaca"]
+    assert msr_on([*add, "--credentials-ref", leaked]) == 2
+    assert "Secret Manager version name" in capsys.readouterr().err
+    assert registry_for(contract_store).broker_accounts("tenant_a") == []
+    assert msr_on(["accounts", "add", "--tenant", "tenant_b", "--account", "b-main", "--venue", "paper"]) == 0
+    assert msr_on(["accounts", "set-default", "--tenant", "tenant_a", "--account", "b-main"]) == 2
+    assert "no broker account 'b-main'" in capsys.readouterr().err
+    assert registry_for(contract_store).broker_accounts("tenant_a") == []
