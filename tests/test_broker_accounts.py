@@ -500,3 +500,69 @@ def test_msr_accounts_refuses_a_secret_in_place_of_a_reference_and_another_tenan
     assert msr_on(["accounts", "set-default", "--tenant", "tenant_a", "--account", "b-main"]) == 2
     assert "no broker account 'b-main'" in capsys.readouterr().err
     assert registry_for(contract_store).broker_accounts("tenant_a") == []
+
+
+# -- through the served execute function -----------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "firestore"])
+def served_two_tenants(
+    request: pytest.FixtureRequest, alpaca_url: str, tmp_path: Path
+) -> Iterator[tuple[str, Any]]:
+    """``execute`` as deployed (its manifest's secrets: the deployment's own keys, unknown to the
+    server), two tenants registered, their keys read through the local-only credentials file."""
+    from backend.adapters.broker_account_stores import FirestoreBrokerAccounts
+    from backend.adapters.sqlite_store import SQLiteExecutionStore
+    from tests.test_http_execute import served
+
+    if request.param == "sqlite":
+        path = tmp_path / "served.sqlite3"
+        store: Any = SQLiteExecutionStore(path)
+        registry: Any = registry_for(store)
+        store_env = {"EXEC_STORE": "sqlite", "EXEC_SQLITE_PATH": str(path)}
+    else:
+        from backend.adapters.firestore_store import FirestoreExecutionStore
+
+        client = request.getfixturevalue("firestore_client")
+        store = FirestoreExecutionStore(client)
+        registry = FirestoreBrokerAccounts(client)
+        store_env = {
+            "EXEC_STORE": "firestore",
+            "FIRESTORE_EMULATOR_HOST": request.getfixturevalue("firestore_emulator").host,
+        }
+    registry.put_broker_account(ACCOUNT_A)
+    registry.put_broker_account(ACCOUNT_B)
+    env = {
+        **store_env,
+        "EXEC_BROKER_CREDENTIALS": "local_file",
+        "EXEC_BROKER_CREDENTIALS_FILE": str(credentials_file(tmp_path)),
+    }
+    with served("execute", alpaca_url, env) as url:
+        yield url, store
+
+
+def test_served_execute_trades_each_tenant_through_its_own_account_and_refuses_the_others(
+    served_two_tenants: tuple[str, Any], accounts: dict[str, FakeAlpaca]
+) -> None:
+    from tests.test_http_execute import post
+
+    url, store = served_two_tenants
+    body = {"strategy_id": "manual", "symbol": "AAPL", "side": "buy", "qty": 2}
+    trader_a = {"uid": "ua", "tenant_id": "tenant_a", "role": "trader"}
+    trader_b = {"uid": "ub", "tenant_id": "tenant_b", "role": "trader"}
+
+    stolen = post(url, {**body, "broker_account_id": "b-main"}, token_claims=trader_a)
+    assert stolen.status_code == 403, stolen.text
+    assert (stolen.json()["error"], stolen.json()["reason_code"]) == (
+        "broker_account_refused",
+        "BROKER_ACCOUNT_NOT_ALLOWED",
+    )
+    assert list(store.iter_decisions()) == []
+    assert all(fake.requests_to("POST", ORDERS) == 0 for fake in accounts.values())
+
+    a = post(url, {**body, "broker_account_id": "a-main"}, token_claims=trader_a)
+    b = post(url, {**body, "broker_account_id": "default"}, token_claims=trader_b)
+    assert (a.status_code, b.status_code) == (200, 200), (a.text, b.text)
+    assert placed(accounts["key-a"]) == [a.json()["broker_order"]["client_order_id"]]
+    assert placed(accounts["key-b"]) == [b.json()["broker_order"]["client_order_id"]]
+    assert b.json()["intent"]["broker_account_id"] == "b-main"
