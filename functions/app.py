@@ -108,6 +108,9 @@ def _anonymous_credential() -> Any:
 class PositionCheck:
     stores: Stores
     broker: Any  # AlpacaBroker: the account whose positions are compared with the ledger's
+    # Each tenant's registered accounts, and the position source of one (its own keys).
+    registry: Any = None  # BrokerAccountRegistry
+    source_for: Any = None  # Callable[[BrokerAccount], PositionSource]
 
 
 _stores: Stores | None = None
@@ -195,6 +198,21 @@ def _build_services(built: Stores) -> Services:
     return Services(settings, engine, store, market_data, turns)
 
 
+def account_position_source(alpaca: Any, credentials: Any = None) -> Any:
+    """What the position check reads for one registered Alpaca account: an ``AlpacaBroker`` on the
+    deployment's settings with the account's own keys."""
+    from backend.adapters.broker_credentials import alpaca_for_keys
+    from backend.core.broker_accounts import AccountMode
+
+    resolver = credentials or _LazyCredentials()
+    build = alpaca_for_keys(alpaca)
+
+    def source_for(account: Any) -> Any:
+        return build(resolver.keys(account.credentials_ref), account.mode is AccountMode.PAPER)
+
+    return source_for
+
+
 class _LazyCredentials:
     """The configured credential resolver (``EXEC_BROKER_CREDENTIALS``), built when a registered
     account first trades: a deployment without registered accounts never needs it."""
@@ -219,6 +237,10 @@ def position_check() -> PositionCheck:
             if _position_check is None:
                 from backend.adapters.alpaca.broker import AlpacaBroker
                 from backend.adapters.alpaca.settings import AlpacaSettings
+                from backend.adapters.broker_account_stores import registry_for
 
-                _position_check = PositionCheck(stores(), AlpacaBroker(AlpacaSettings()))
+                built, alpaca = stores(), AlpacaSettings()
+                _position_check = PositionCheck(
+                    built, AlpacaBroker(alpaca), registry_for(built.ledger), account_position_source(alpaca)
+                )
     return _position_check

@@ -398,12 +398,15 @@ def _check_positions(args: argparse.Namespace) -> int:
 def _check_with_configured_adapters(window: timedelta) -> DriftReport:
     """The broker is built before the store, so missing keys never create an empty ledger file."""
     from backend.adapters.alpaca.broker import AlpacaBroker  # alpaca-py loads for this command only
+    from backend.adapters.broker_account_stores import registry_for
+    from backend.execution.position_check import registered_alpaca_accounts
 
     settings = load_settings()
     broker = AlpacaBroker(alpaca_settings())
     store, _ = build_stores(settings)
-    try:
-        return check_positions(store, broker, settings, datetime.now(UTC), window)
+    try:  # the deployment's own account; each registered account has its own (the scheduled check)
+        registered = registered_alpaca_accounts(registry_for(store).all_broker_accounts())
+        return check_positions(store, broker, settings, datetime.now(UTC), window, registered=registered)
     finally:
         close = getattr(store, "close", None)
         if close is not None:

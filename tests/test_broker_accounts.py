@@ -566,3 +566,46 @@ def test_served_execute_trades_each_tenant_through_its_own_account_and_refuses_t
     assert placed(accounts["key-a"]) == [a.json()["broker_order"]["client_order_id"]]
     assert placed(accounts["key-b"]) == [b.json()["broker_order"]["client_order_id"]]
     assert b.json()["intent"]["broker_account_id"] == "b-main"
+
+
+# -- the position check: each account through its own keys -----------------------------------------
+
+
+def test_registered_positions_are_not_the_deployment_accounts() -> None:
+    from backend.execution.position_check import ledger_positions, registered_alpaca_accounts
+
+    venues = ExecSettings().venue_table()
+    positions = {
+        ("tenant_a", "a-main", "AAPL"): (Decimal(10), Decimal(0), Decimal(0)),
+        ("solo", "default", "AAPL"): (Decimal(3), Decimal(0), Decimal(0)),
+    }
+    registered = registered_alpaca_accounts([ACCOUNT_A, ACCOUNT_B])
+    assert ledger_positions("alpaca", positions, venues, registered)["AAPL"].qty == 3
+    assert ledger_positions("tenant_a/a-main", positions, venues, registered)["AAPL"].qty == 10
+
+
+def test_the_position_check_reads_each_registered_account_through_its_own_keys(
+    two_tenants: ExecutionEngine, accounts: dict[str, FakeAlpaca], alpaca_url: str, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from backend.execution.position_check import check_registered_accounts
+    from functions.app import account_position_source
+
+    two_tenants.execute_intent(intent("tenant_a", "a-main", "a-1", qty="10"))
+    two_tenants.execute_intent(intent("tenant_b", "b-main", "b-1", qty="4"))
+    registry = registry_for(two_tenants.store)
+    source_for = account_position_source(
+        deployment_settings(alpaca_url), LocalFileCredentials(credentials_file(tmp_path), environ={})
+    )
+
+    reports = check_registered_accounts(
+        two_tenants.store, registry.all_broker_accounts(), source_for, ExecSettings(), datetime.now(UTC)
+    )
+
+    assert [r.broker_account for r in reports] == ["tenant_a/a-main", "tenant_b/b-main"]
+    assert [(r.available, r.drift) for r in reports] == [(True, False), (True, False)]
+    assert [[(p.symbol, p.ledger.qty, p.broker_qty) for p in r.positions] for r in reports] == [
+        [("AAPL", 10, 10)],
+        [("AAPL", 4, 4)],
+    ]

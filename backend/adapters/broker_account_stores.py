@@ -62,6 +62,11 @@ class SQLiteBrokerAccounts:
     def broker_account(self, tenant_id: str, account_id: str) -> BrokerAccount | None:
         return next((a for a in self.broker_accounts(tenant_id) if a.account_id == account_id), None)
 
+    def all_broker_accounts(self) -> list[BrokerAccount]:
+        with self._store._lock:
+            rows = self._store._conn.execute("SELECT document FROM broker_accounts ORDER BY path").fetchall()
+        return [_account(orjson.loads(row[0])) for row in rows]
+
     def _write_all(self, conn: Any, accounts: list[BrokerAccount]) -> None:
         for account in accounts:
             conn.execute(
@@ -104,6 +109,10 @@ class FirestoreBrokerAccounts:
         snapshot = self._db.document(broker_account_path(tenant_id, account_id)).get()
         return _account(snapshot.to_dict()) if snapshot.exists else None
 
+    def all_broker_accounts(self) -> list[BrokerAccount]:
+        accounts = (_account(s.to_dict()) for s in self._db.collection_group("broker_accounts").stream())
+        return sorted(accounts, key=lambda a: (a.tenant_id, a.account_id))
+
     def _replace_all(self, tenant_id: str, change: Any) -> None:
         """Read the tenant's accounts and write ``change(accounts)`` in one transaction."""
         from google.cloud import firestore
@@ -135,6 +144,9 @@ class NoBrokerAccounts:
 
     def broker_account(self, tenant_id: str, account_id: str) -> BrokerAccount | None:
         return None
+
+    def all_broker_accounts(self) -> list[BrokerAccount]:
+        return []
 
     def put_broker_account(self, account: BrokerAccount) -> None:
         raise ValueError("this store keeps no broker-account registry")

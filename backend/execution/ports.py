@@ -314,6 +314,10 @@ class BrokerAccountRegistry(Protocol):
 
     def broker_account(self, tenant_id: str, account_id: str) -> BrokerAccount | None: ...
 
+    def all_broker_accounts(self) -> list[BrokerAccount]:
+        """Every tenant's (the position check visits each account)."""
+        ...
+
     def put_broker_account(self, account: BrokerAccount) -> None:
         """Create or replace; an account marked default makes the tenant's others not default."""
         ...
