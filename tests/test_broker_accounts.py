@@ -609,3 +609,27 @@ def test_the_position_check_reads_each_registered_account_through_its_own_keys(
         [("AAPL", 10, 10)],
         [("AAPL", 4, 4)],
     ]
+
+
+# -- the strategy runner refuses too ------------------------------------------------------------
+
+
+def test_a_strategy_naming_another_tenants_account_is_refused_before_the_run_writes_anything(
+    two_tenants: ExecutionEngine, firestore_client: Any, accounts: dict[str, FakeAlpaca]
+) -> None:
+    from types import SimpleNamespace
+
+    from functions.strategy_runs import MalformedRun, RunMessage, run_strategy
+
+    firestore_client.document("tenants/tenant_a/strategies/s1").set(
+        {"strategy": "cost_aware_equity", "symbols": ["AAPL"], "broker_account_id": "b-main", "uid": "ua"}
+    )
+    message = RunMessage(tenant_id="tenant_a", strategy_id="s1", run_id="20260302T1530Z")
+    services = SimpleNamespace(engine=two_tenants, store=two_tenants.store)
+
+    with pytest.raises(MalformedRun, match="'b-main' is not one of tenant tenant_a's accounts"):
+        run_strategy(message, "m-1", firestore_client, lambda: services)
+
+    assert not firestore_client.document("tenants/tenant_a/strategy_runs/s1~20260302T1530Z").get().exists
+    assert list(two_tenants.store.iter_decisions()) == []
+    assert all(fake.requests_to("POST", ORDERS) == 0 for fake in accounts.values())
