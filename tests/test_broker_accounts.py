@@ -633,3 +633,36 @@ def test_a_strategy_naming_another_tenants_account_is_refused_before_the_run_wri
     assert not firestore_client.document("tenants/tenant_a/strategy_runs/s1~20260302T1530Z").get().exists
     assert list(two_tenants.store.iter_decisions()) == []
     assert all(fake.requests_to("POST", ORDERS) == 0 for fake in accounts.values())
+
+
+# -- the registry is read with a short cache -------------------------------------------------------
+
+
+def test_the_registry_is_read_once_per_ttl_and_again_for_a_name_not_found(
+    two_tenants: ExecutionEngine, accounts: dict[str, FakeAlpaca]
+) -> None:
+    from backend.execution.engine import _RegistryCache
+
+    reads: list[str] = []
+
+    class Counting:
+        def broker_accounts(self, tenant_id: str) -> list[BrokerAccount]:
+            reads.append(tenant_id)
+            return [ACCOUNT_A]
+
+    now = [0.0]
+    cache = _RegistryCache(Counting(), ttl_s=30, monotonic=lambda: now[0])  # type: ignore[arg-type]
+    cache.accounts("tenant_a")
+    now[0] = 29.9
+    cache.accounts("tenant_a")
+    assert reads == ["tenant_a"]
+    now[0] = 30.0
+    cache.accounts("tenant_a")
+    assert reads == ["tenant_a", "tenant_a"]
+
+    # Through the engine: an account added after the tenant's registry was cached trades at once.
+    two_tenants.execute_intent(intent("tenant_a", "a-main", "a-1"))
+    registry_for(two_tenants.store).put_broker_account(ACCOUNT_A.model_copy(update={"account_id": "a-new"}))
+    added = two_tenants.execute_intent(intent("tenant_a", "a-new", "a-2"))
+    assert added.status is ExecutionStatus.PLACED
+    assert len(placed(accounts["key-a"])) == 2

@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
@@ -130,6 +132,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("msr.execution")
+
+# How long an engine keeps a tenant's broker-account registry (see ``_RegistryCache``).
+ACCOUNTS_CACHE_S = 30.0
 
 
 def log_intent_received(intent: OrderIntent, tenant_id: str, idempotency_key: str) -> None:
@@ -241,6 +246,7 @@ class ExecutionEngine:
             accounts = registry_for(self.store)
         self.accounts = accounts
         self.brokers = brokers
+        self._registry = _RegistryCache(accounts)
 
     @property
     def lease(self) -> timedelta:
@@ -280,6 +286,7 @@ class ExecutionEngine:
             routing = self.router.bypass(intent, quote=quote, trusted=trusted)
         log_smart_routing(routing, key)
         draft = _Draft(intent, tenant_id, intent.uid or self.settings.uid, key, now, routing)
+        draft.account = account
         if routing.mid_price is not None:
             draft.estimated_fees = estimate_fees(
                 intent.instrument, intent.side, intent.qty, routing.mid_price, self.fee_schedule
@@ -307,7 +314,9 @@ class ExecutionEngine:
         """The account an intent of ``tenant_id`` naming ``requested`` trades through;
         ``BrokerAccountRefused`` (nothing written) when it is not the tenant's, or when its broker
         cannot be had. The strategy runner asks this before a run; ``execute_intent`` for each intent."""
-        resolved = resolve_account(tenant_id, requested, self.accounts.broker_accounts(tenant_id))
+        resolved = resolve_account(tenant_id, requested, self._registry.accounts(tenant_id))
+        if isinstance(resolved, AccountRefusal):  # a name registered a moment ago is not refused
+            resolved = resolve_account(tenant_id, requested, self._registry.accounts(tenant_id, fresh=True))
         if isinstance(resolved, AccountRefusal):
             _log_account_refusal(tenant_id, requested, resolved)
             raise BrokerAccountRefused(resolved)
@@ -339,9 +348,13 @@ class ExecutionEngine:
         """The broker of an order already recorded: the account it was placed through, so lookups
         and cancels use that account's credentials. An order of the implicit account (or from before
         the registry) keeps the deployment's broker."""
-        account = self.accounts.broker_account(tenant_id, account_id)
+        registered = self._registry.accounts(tenant_id)
+        account = next((a for a in registered if a.account_id == account_id), None)
         if account is None:
-            if account_id == IMPLICIT_ACCOUNT_ID or not self.accounts.broker_accounts(tenant_id):
+            registered = self._registry.accounts(tenant_id, fresh=True)
+            account = next((a for a in registered if a.account_id == account_id), None)
+        if account is None:
+            if account_id == IMPLICIT_ACCOUNT_ID or not registered:
                 return self.broker
             refusal = AccountRefusal(
                 ReasonCode.BROKER_ACCOUNT_UNAVAILABLE,
@@ -537,7 +550,12 @@ class ExecutionEngine:
         intent = draft.intent
         pending = draft.result(ExecutionStatus.PENDING, ReasonCode.IN_FLIGHT, IN_FLIGHT_REASON)
         request = self._request(pending)
-        refusal = self.broker_for_order(draft.tenant_id, intent.broker_account_id).check(request)
+        broker = (
+            self._broker_of(draft.account)
+            if draft.account
+            else self.broker_for_order(draft.tenant_id, intent.broker_account_id)
+        )
+        refusal = broker.check(request)
         if refusal is not None:
             code, reason = refusal
             _log_venue_refusal(draft, code, reason)
@@ -561,15 +579,18 @@ class ExecutionEngine:
         if claim.outcome is ClaimOutcome.REFUSED:
             return self._finish_without_order(draft.risk_refusal())
         assert claim.stored is not None
-        return self._submit(claim.stored, request)
+        return self._submit(claim.stored, request, broker)
 
-    def _submit(self, stored: StoredExecution, request: OrderRequest) -> ExecutionResult:
+    def _submit(
+        self, stored: StoredExecution, request: OrderRequest, broker: Broker | None = None
+    ) -> ExecutionResult:
         """Send under the order's client order id; whatever happens becomes events of the order."""
         events: list[OrderEvent] = [SubmitSent(self.clock.now())]
         broker_order = None
         assert stored.result is not None
         try:
-            broker = self.broker_for_order(stored.result.tenant_id, request.broker_account_id)
+            if broker is None:
+                broker = self.broker_for_order(stored.result.tenant_id, request.broker_account_id)
             broker_order = broker.submit_order(request)
         except BrokerAccountRefused as exc:  # the account left the registry since the claim: never sent
             events.append(SubmitRefused(self.clock.now(), exc.reason, exc.code))
@@ -780,6 +801,36 @@ def _fan_out(trade: LedgerTrade, portfolio: PortfolioStore) -> None:
         )
 
 
+class _RegistryCache:
+    """Each tenant's registry entries, read at most once per ``ttl_s`` per engine: a read per intent
+    would put one more Firestore read in every request's path. A name not found is read again at
+    once (an account added a moment ago is usable); a tenant's first registration and a change of
+    default take effect within ``ttl_s``."""
+
+    def __init__(
+        self,
+        registry: BrokerAccountRegistry,
+        ttl_s: float = ACCOUNTS_CACHE_S,
+        monotonic: Any = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._ttl_s = ttl_s
+        self._monotonic = monotonic
+        self._entries: dict[str, tuple[float, list[BrokerAccount]]] = {}
+        self._lock = threading.Lock()
+
+    def accounts(self, tenant_id: str, fresh: bool = False) -> list[BrokerAccount]:
+        now = self._monotonic()
+        with self._lock:
+            cached = self._entries.get(tenant_id)
+        if cached is not None and not fresh and now < cached[0]:
+            return cached[1]
+        accounts = self._registry.broker_accounts(tenant_id)
+        with self._lock:
+            self._entries[tenant_id] = (now + self._ttl_s, accounts)
+        return accounts
+
+
 def _on_account(intent: OrderIntent, account: BrokerAccount, key: str) -> OrderIntent:
     """The intent as it trades: on the resolved account (positions, limits, the ledger and the order
     all key on it), under the key it was given or derived before (the client order id of an intent
@@ -827,7 +878,7 @@ def _validated_intent(raw: Mapping[str, Any]) -> OrderIntent:
 class _Draft:
     """What the engine knows about one intent so far; each outcome is built from it exactly once."""
 
-    __slots__ = ("estimated_fees", "intent", "key", "now", "risk", "routing", "tenant_id", "uid")
+    __slots__ = ("account", "estimated_fees", "intent", "key", "now", "risk", "routing", "tenant_id", "uid")
 
     def __init__(
         self, intent: OrderIntent, tenant_id: str, uid: str, key: str, now: datetime, routing: RoutingDecision
@@ -840,6 +891,7 @@ class _Draft:
         self.routing = routing
         self.risk: RiskDecision | None = None
         self.estimated_fees: Decimal | None = None
+        self.account: BrokerAccount | None = None
 
     def result(self, status: ExecutionStatus, reason_code: ReasonCode, reason: str) -> ExecutionResult:
         return ExecutionResult(
