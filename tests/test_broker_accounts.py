@@ -666,3 +666,8 @@ def test_the_registry_is_read_once_per_ttl_and_again_for_a_name_not_found(
     added = two_tenants.execute_intent(intent("tenant_a", "a-new", "a-2"))
     assert added.status is ExecutionStatus.PLACED
     assert len(placed(accounts["key-a"])) == 2
+
+
+def test_default_is_not_a_registrable_account_name() -> None:
+    with pytest.raises(ValidationError, match="reserved"):
+        BrokerAccount(tenant_id="t", account_id="default", venue="paper")

@@ -71,6 +71,14 @@ class BrokerAccount(BaseModel):
             )
         return value
 
+    @model_validator(mode="after")
+    def _not_the_implicit_name(self) -> BrokerAccount:
+        """``default`` names the tenant's default (and the single-firm install's one account):
+        a registered account called so would be confused with the orders of that account."""
+        if self.account_id == IMPLICIT_ACCOUNT_ID and not self.implicit:
+            raise ValueError(f"account_id {IMPLICIT_ACCOUNT_ID!r} is reserved for the tenant's default")
+        return self
+
     @field_validator("credentials_ref")
     @classmethod
     def _secret_reference(cls, value: str | None) -> str | None:

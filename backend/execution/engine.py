@@ -350,7 +350,7 @@ class ExecutionEngine:
         the registry) keeps the deployment's broker."""
         registered = self._registry.accounts(tenant_id)
         account = next((a for a in registered if a.account_id == account_id), None)
-        if account is None:
+        if account is None and account_id != IMPLICIT_ACCOUNT_ID:  # added since, or a legacy label
             registered = self._registry.accounts(tenant_id, fresh=True)
             account = next((a for a in registered if a.account_id == account_id), None)
         if account is None:
