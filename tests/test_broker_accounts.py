@@ -671,3 +671,21 @@ def test_the_registry_is_read_once_per_ttl_and_again_for_a_name_not_found(
 def test_default_is_not_a_registrable_account_name() -> None:
     with pytest.raises(ValidationError, match="reserved"):
         BrokerAccount(tenant_id="t", account_id="default", venue="paper")
+
+
+def test_the_simulator_serves_each_key_its_own_account_and_refuses_an_unknown_key(
+    alpaca_url: str, accounts: dict[str, FakeAlpaca]
+) -> None:
+    import requests
+
+    def orders(key: str) -> Any:
+        headers = {"APCA-API-KEY-ID": key, "APCA-API-SECRET-KEY": "x"}
+        return requests.get(f"{alpaca_url}/v2/orders", headers=headers, timeout=5)
+
+    assert orders("key-of-the-deployment").status_code == 401
+    assert (orders("key-a").status_code, orders("key-b").status_code) == (200, 200)
+    assert accounts["key-a"].requests_to("GET", ORDERS) == accounts["key-b"].requests_to("GET", ORDERS) == 1
+    quotes = requests.get(
+        f"{alpaca_url}/v2/stocks/quotes/latest", params={"symbols": "AAPL"}, headers={}, timeout=5
+    )
+    assert quotes.status_code == 200  # market data is the server's, whatever the key
