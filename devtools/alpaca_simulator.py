@@ -601,6 +601,9 @@ class FakeAlpaca:
     clock: Callable[[], datetime] = field(default=utc_now)
     fills: dict[str, list[Fill]] = field(default_factory=dict)  # by order id, append-only
     throttled: int = 0  # requests the rate limit refused
+    # Several accounts behind one server: the trading API of the account whose API key id sent the
+    # request (an unknown key gets Alpaca's 401); market data is this one's. Empty: one account.
+    accounts_by_key: dict[str, FakeAlpaca] = field(default_factory=dict)
     _admitted: dict[str, deque[float]] = field(default_factory=dict, init=False, repr=False)
     _pending: set[str] = field(default_factory=set, init=False, repr=False)  # orders with steps left
 
@@ -1074,9 +1077,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.close()
         self.connection.close()
 
+    @property
+    def fake(self) -> FakeAlpaca:
+        """The account this request is for (see ``FakeAlpaca.accounts_by_key``)."""
+        return getattr(self, "_account", None) or self.server.fake
+
+    def _account_of(self, path: str) -> FakeAlpaca | None:
+        served = self.server.fake
+        if not served.accounts_by_key or path in MARKET_DATA_PATHS:
+            return served
+        return served.accounts_by_key.get(self.headers.get("APCA-API-KEY-ID", ""))
+
     def _handle(self, method: str) -> None:
-        fake = self.server.fake
         url = urlparse(self.path)
+        account = self._account_of(url.path)
+        if account is None:
+            self._reply(Reply(401, {"code": 40110000, "message": "request is not authorized"}))
+            return
+        self._account = account
+        fake = account
         with fake.lock:
             fake.log.append((method, url.path, url.query))
         body: dict[str, Any] = {}
@@ -1105,7 +1124,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _scripted(
         self, fault: Fault, method: str, path: str, query: dict[str, list[str]], body: dict[str, Any]
     ) -> None:
-        fake = self.server.fake
+        fake = self.fake
         if fault.hang_s:
             time.sleep(fault.hang_s)
         if fault.then_process and fault.status is None:
@@ -1120,13 +1139,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _process_silently(self, method: str, path: str, body: dict[str, Any]) -> None:
         if method == "POST" and path == "/v2/orders":
-            self.server.fake.create_order(body)
+            self.fake.create_order(body)
 
     def _inject(
         self, policy: FaultPolicy, injection: Injection, query: dict[str, list[str]], body: dict[str, Any]
     ) -> None:
         """Carry out the request first when the fault comes after it; the sleep holds no lock."""
-        fake = self.server.fake
+        fake = self.fake
         real = fake.answer(injection.method, injection.path, query, body) if injection.processed else None
         policy.record_outcome(injection, real.status if real is not None else None)
         if injection.kind is FaultKind.TIMEOUT_AFTER_CREATE:

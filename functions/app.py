@@ -108,6 +108,9 @@ def _anonymous_credential() -> Any:
 class PositionCheck:
     stores: Stores
     broker: Any  # AlpacaBroker: the account whose positions are compared with the ledger's
+    # Each tenant's registered accounts, and the position source of one (its own keys).
+    registry: Any = None  # BrokerAccountRegistry
+    source_for: Any = None  # Callable[[BrokerAccount], PositionSource]
 
 
 _stores: Stores | None = None
@@ -154,6 +157,7 @@ def services() -> Services:
 def _build_services(built: Stores) -> Services:
     from backend.adapters.alpaca.broker import AlpacaBroker
     from backend.adapters.alpaca.settings import AlpacaSettings
+    from backend.adapters.broker_credentials import AccountBrokers, alpaca_for_keys
     from backend.adapters.market_data_selection import configured_market_data
     from backend.adapters.paper_broker import PaperBroker
     from backend.adapters.venues import build_venues
@@ -170,7 +174,16 @@ def _build_services(built: Stores) -> Services:
     broker = build_venues(
         settings.venue_table(), lambda: AlpacaBroker(alpaca_settings), lambda: PaperBroker(market_data, clock)
     )
+    # Registered accounts trade through their own keys (read from Secret Manager on first use);
+    # a tenant without registry entries through the deployment's own (the single-firm install).
+    brokers = AccountBrokers(
+        _LazyCredentials(),
+        alpaca_for_keys(alpaca_settings),
+        lambda: PaperBroker(market_data, clock),
+        settings.venue_table(),
+    )
     engine = ExecutionEngine(
+        brokers=brokers,
         broker=broker,
         router=SmartRouter(market_data=market_data, clock=clock, policy=settings.routing_policy()),
         risk=RiskManager(settings.risk_limits()),
@@ -198,6 +211,36 @@ def _runtime_controls(settings: ExecSettings, clock: Any) -> Any:
     return CachedControls(build_controls_store(settings), clock, ttl, settings.kill_switch)
 
 
+def account_position_source(alpaca: Any, credentials: Any = None) -> Any:
+    """What the position check reads for one registered Alpaca account: an ``AlpacaBroker`` on the
+    deployment's settings with the account's own keys."""
+    from backend.adapters.broker_credentials import alpaca_for_keys
+    from backend.core.broker_accounts import AccountMode
+
+    resolver = credentials or _LazyCredentials()
+    build = alpaca_for_keys(alpaca)
+
+    def source_for(account: Any) -> Any:
+        return build(resolver.keys(account.credentials_ref), account.mode is AccountMode.PAPER)
+
+    return source_for
+
+
+class _LazyCredentials:
+    """The configured credential resolver (``EXEC_BROKER_CREDENTIALS``), built when a registered
+    account first trades: a deployment without registered accounts never needs it."""
+
+    def __init__(self) -> None:
+        self._resolver: Any = None
+
+    def keys(self, credentials_ref: str) -> Any:
+        if self._resolver is None:
+            from backend.adapters.broker_credentials import configured_credentials
+
+            self._resolver = configured_credentials()
+        return self._resolver.keys(credentials_ref)
+
+
 def position_check() -> PositionCheck:
     """The stores and the Alpaca broker of this instance, built once: what the position check
     reads (the broker keys, no market-data client, no engine)."""
@@ -207,6 +250,10 @@ def position_check() -> PositionCheck:
             if _position_check is None:
                 from backend.adapters.alpaca.broker import AlpacaBroker
                 from backend.adapters.alpaca.settings import AlpacaSettings
+                from backend.adapters.broker_account_stores import registry_for
 
-                _position_check = PositionCheck(stores(), AlpacaBroker(AlpacaSettings()))
+                built, alpaca = stores(), AlpacaSettings()
+                _position_check = PositionCheck(
+                    built, AlpacaBroker(alpaca), registry_for(built.ledger), account_position_source(alpaca)
+                )
     return _position_check

@@ -10,6 +10,7 @@ engine's services.
     msr orders sweep --max-orders 200          # settle open orders from the broker (all tenants)
     msr positions check --json                 # Alpaca's positions against the ledger's: the drift
     msr controls kill --tenant T --by B --reason R   # stop a tenant without a redeploy (msr controls)
+    msr accounts list --tenant T               # the tenant's broker accounts (add, set-default)
 
 Human output goes to stdout, JSON log lines to stderr.
 """
@@ -40,6 +41,7 @@ from backend.execution.settings import ConfigurationError, load_settings
 from backend.observability.logging import configure_logging
 from functions import paper_run
 from functions.app import Services, configured_services
+from functions.cli_accounts import add_accounts
 from functions.cli_controls import add_controls
 
 EXIT_OK = 0
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_orders(commands)
     _add_positions(commands)
     add_controls(commands, _parser)
+    add_accounts(commands, _parser)
     return parser
 
 
@@ -400,12 +403,15 @@ def _check_positions(args: argparse.Namespace) -> int:
 def _check_with_configured_adapters(window: timedelta) -> DriftReport:
     """The broker is built before the store, so missing keys never create an empty ledger file."""
     from backend.adapters.alpaca.broker import AlpacaBroker  # alpaca-py loads for this command only
+    from backend.adapters.broker_account_stores import registry_for
+    from backend.execution.position_check import registered_alpaca_accounts
 
     settings = load_settings()
     broker = AlpacaBroker(alpaca_settings())
     store, _ = build_stores(settings)
-    try:
-        return check_positions(store, broker, settings, datetime.now(UTC), window)
+    try:  # the deployment's own account; each registered account has its own (the scheduled check)
+        registered = registered_alpaca_accounts(registry_for(store).all_broker_accounts())
+        return check_positions(store, broker, settings, datetime.now(UTC), window, registered=registered)
     finally:
         close = getattr(store, "close", None)
         if close is not None:

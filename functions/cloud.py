@@ -150,7 +150,15 @@ def check_positions() -> Any:
     per finding. It reports; it writes nothing."""
     _logging()
     from backend.execution.position_check import check_positions as check
+    from backend.execution.position_check import check_registered_accounts, registered_alpaca_accounts
     from functions.app import position_check
 
-    built = position_check()
-    return check(built.stores.ledger, built.broker, built.stores.settings, datetime.now(UTC))
+    built, now = position_check(), datetime.now(UTC)
+    accounts = built.registry.all_broker_accounts()
+    settings = built.stores.settings
+    report = check(
+        built.stores.ledger, built.broker, settings, now, registered=registered_alpaca_accounts(accounts)
+    )
+    # Each tenant's registered Alpaca account, through its own keys: its own report and events.
+    check_registered_accounts(built.stores.ledger, accounts, built.source_for, settings, now)
+    return report

@@ -7,6 +7,8 @@ answered with a reason and write nothing:
 401 no or bad token · 403 no tenant, a role that may not trade, another tenant or user ·
 405 not POST · 503 with Retry-After: the store stayed contended, nothing was written ·
 409 the idempotency key was used for a different intent (the fields that differ) ·
+403 ``broker_account_refused``: the body names a broker account that is not the tenant's (the same
+answer whether it is another tenant's or none at all), or the account's keys cannot be had ·
 413 body over 16 KiB · 400 not a JSON object · 422 invalid intent (field errors).
 
 The caller's idempotency key (``Idempotency-Key`` header or body; the content digest when neither)
@@ -73,11 +75,21 @@ def handle_execute(request: Request, execute: Callable[[Any], Any], verify: Toke
         return refusal.response
 
     from backend.adapters.documents import RESULTS, to_json
+    from backend.core.broker_accounts import BrokerAccountRefused
     from backend.core.intents import IdempotencyConflict
     from backend.execution.ports import StoreBusy
 
     try:
         result = execute(intent)
+    except BrokerAccountRefused as refusal:
+        return refused(
+            403,
+            "broker_account_refused",
+            refusal.reason,
+            reason_code=refusal.code.value,
+            uid=who.uid,
+            tenant_id=who.tenant_id,
+        ).response
     except IdempotencyConflict as conflict:
         return refused(
             409, "idempotency_conflict", str(conflict), idempotency_key=conflict.key, fields=conflict.fields

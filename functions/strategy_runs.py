@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from backend.core.broker_accounts import BrokerAccountRefused
 from backend.core.instruments import AssetClass
 from backend.core.paths import tenant_collection_path
 from backend.observability.logging import log_event
@@ -129,10 +130,15 @@ def run_strategy(message: RunMessage, message_id: str, db: Any, services: Callab
         raise MalformedRun(f"strategy {message.strategy_id}: unknown strategy type {config.strategy!r}")
     if not config.enabled:
         return RunReport(message, "disabled", {}, {})
+    built = services()
+    try:  # an account that is not the tenant's refuses the whole run, before anything is written
+        built.engine.resolve_account(message.tenant_id, config.broker_account_id)
+    except BrokerAccountRefused as exc:
+        raise MalformedRun(f"strategy {message.strategy_id}: {exc.reason}") from exc
     record.set(
         {"status": "running", "message_id": message_id, "started_at": firestore.SERVER_TIMESTAMP}, merge=True
     )
-    signals, outcomes = _evaluate(message, config, services())
+    signals, outcomes = _evaluate(message, config, built)
     record.set({"status": "done", "signals": dict(signals), "outcomes": dict(outcomes),
                 "finished_at": firestore.SERVER_TIMESTAMP}, merge=True)  # fmt: skip
     log_event(logger, "runs.done", f"Run {message.run_id} of {message.strategy_id}: {dict(outcomes)}",

@@ -275,7 +275,7 @@ class TestExactlyOnce:
         assert (settled.status, settled.reason_code) == (ExecutionStatus.FAILED, ReasonCode.INTENT_EXPIRED)
         assert "never placed" in settled.reason
         day = datetime.now(UTC).date().isoformat()
-        exposure = engine.store.get_exposure("acme_corp", "alpaca_main", "AAPL", day, 50)
+        exposure = engine.store.get_exposure("acme_corp", "default", "AAPL", day, 50)
         assert exposure.pending_buy_qty == 0  # the quantity given back, and the slot:
         assert engine.store.daily_slots_taken("acme_corp", day) == 0
         assert posted_bodies(fake) == 1
@@ -362,7 +362,7 @@ class TestBrokerAnswers:
         [trade] = engine.store.iter_ledger_trades()
         assert trade.qty == Decimal(5)
         day = datetime.now(UTC).date().isoformat()
-        exposure = engine.store.get_exposure("acme_corp", "alpaca_main", "AAPL", day, 50)
+        exposure = engine.store.get_exposure("acme_corp", "default", "AAPL", day, 50)
         assert (exposure.position_qty, exposure.pending_buy_qty) == (5, 5)
 
     @pytest.mark.parametrize(

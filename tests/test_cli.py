@@ -258,7 +258,7 @@ def test_fees_settle_books_the_brokers_tier_once_and_a_rerun_books_nothing(
     store = SQLiteExecutionStore(ledger_path)
     try:
         assert store.positions("acme_corp")["BTC/USD"] == fake.holdings["BTCUSD"] == D("0.19956")
-        lots = store.lots("u1", "acct", "BTC/USD")  # fanned out inline, as EXEC_FANOUT=auto says
+        lots = store.lots("u1", "default", "BTC/USD")  # fanned out inline, as EXEC_FANOUT=auto says
         assert lots is not None
         assert lots.position == D("0.19956")
     finally:
@@ -403,7 +403,7 @@ def test_orders_show_answers_the_document_of_the_http_api_and_follows_the_fill(
     try:  # the fill the query found is in the ledger, once, and fanned out (inline with SQLite)
         [row] = list(store.iter_ledger_trades("acme_corp"))
         assert fill.endswith(f"(ledger row {row.trade_id})")
-        lots = store.lots("u1", "acct", "AAPL")
+        lots = store.lots("u1", "default", "AAPL")
         assert lots is not None
         assert lots.position == 3
     finally:

@@ -24,6 +24,7 @@ RULES = Path(__file__).resolve().parents[1] / "firestore.rules"
 PATHS = {
     "ledger": "tenants/t1/ledger_trades/tr_1",
     "decision": "tenants/t1/decisions/dc_1",
+    "broker account": "tenants/t1/broker_accounts/a-main",
     "slot": "tenants/t1/daily_trade_slots/2026-03-02~0000",
     "position": "tenants/t1/positions/acct~AAPL",
     "strategy": "tenants/t1/strategies/s1",
@@ -43,11 +44,11 @@ PATHS = {
 USERS: dict[str, dict[str, Any] | None] = {
     "owner (u1, member of t1)": {"uid": "u1", "tenant_id": "t1"},
     "tenant colleague (u3, member of t1)": {"uid": "u3", "tenant_id": "t1"},
+    "tenant admin (u5, admin of t1)": {"uid": "u5", "tenant_id": "t1", "role": "admin"},
+    "other tenant's admin (u6, admin of t2)": {"uid": "u6", "tenant_id": "t2", "role": "admin"},
     "other tenant's user (u2, t2)": {"uid": "u2", "tenant_id": "t2"},
     "signed in, no tenant (u4)": {"uid": "u4"},
     "anonymous": None,
-    "tenant admin (u5, admin of t1)": {"uid": "u5", "tenant_id": "t1", "role": "admin"},
-    "other tenant's admin (u6, admin of t2)": {"uid": "u6", "tenant_id": "t2", "role": "admin"},
     "trader of t1 (u7)": {"uid": "u7", "tenant_id": "t1", "role": "trader"},
 }
 
@@ -55,12 +56,18 @@ USERS: dict[str, dict[str, Any] | None] = {
 READABLE = {
     "owner (u1, member of t1)": {"ledger", "decision", "history", "lots", "settings"},
     "tenant colleague (u3, member of t1)": {"ledger", "decision"},
+    # Runtime controls, their audit records and the broker accounts: the tenant's admins only.
+    "tenant admin (u5, admin of t1)": {
+        "ledger",
+        "decision",
+        "broker account",
+        "tenant controls",
+        "control audit",
+    },
+    "other tenant's admin (u6, admin of t2)": set(),
     "other tenant's user (u2, t2)": set(),
     "signed in, no tenant (u4)": set(),
     "anonymous": set(),
-    # Runtime controls and their audit records: the tenant's admins only.
-    "tenant admin (u5, admin of t1)": {"ledger", "decision", "tenant controls", "control audit"},
-    "other tenant's admin (u6, admin of t2)": set(),
     "trader of t1 (u7)": {"ledger", "decision"},
 }
 

@@ -98,7 +98,7 @@ class TestOptionsCarryTheirMultiplier:
         tax = history[Side.SELL].tax
         assert tax is not None
         assert (tax.cost_basis, tax.proceeds, tax.realized_pnl) == (D("645.17"), D("719.79"), D("74.62"))
-        lots = contract_store.lots("u1", "acct", OPTION)
+        lots = contract_store.lots("u1", "default", OPTION)
         assert lots is not None
         assert lots.position == 0
         assert lots.open_lots == ()
@@ -222,7 +222,7 @@ class TestCryptoFeesInTheAsset:
         assert bought.notional == D("5000.5")
         held = contract_store.positions("acme_corp")["BTC/USD"]
         assert held == broker_holds(fake) == D("0.09975")
-        lots = contract_store.lots("u1", "acct", "BTC/USD")
+        lots = contract_store.lots("u1", "default", "BTC/USD")
         assert lots is not None
         assert (lots.position, lots.open_cost_basis) == (D("0.09975"), D("5000.5"))
 
@@ -263,7 +263,7 @@ class TestCryptoFeesInTheAsset:
         assert (adjustment.side, adjustment.qty) == (Side.BUY, D("0.00006"))  # 0.0005 booked, 0.00044 taken
         assert (adjustment.estimated_fee, adjustment.actual_fee) == (D("0.0005"), D("0.00044"))
         assert contract_store.positions("acme_corp")["BTC/USD"] == broker_holds(fake) == D("0.19956")
-        lots = contract_store.lots("u1", "acct", "BTC/USD")
+        lots = contract_store.lots("u1", "default", "BTC/USD")
         assert lots is not None
         assert lots.position == D("0.19956")
         assert lots.open_cost_basis == D("10001.0")  # the USD paid: quantities changed, never basis

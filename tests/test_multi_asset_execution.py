@@ -413,7 +413,7 @@ class TestExecutionEngineSmartRouting:
         assert failed.reason_code is ReasonCode.BROKER_REJECTED
         assert "insufficient buying power" in failed.reason
         assert list(store.iter_ledger_trades()) == []
-        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat(), 50)
+        exposure = store.get_exposure("acme_corp", "default", "AAPL", T0.date().isoformat(), 50)
         assert (exposure.pending_buy_qty, exposure.position_qty) == (0, 0)
         assert store.daily_slots_taken("acme_corp", T0.date().isoformat()) == 0
 
@@ -447,7 +447,7 @@ class TestExecutionEngineSmartRouting:
         assert result.broker_order_id == "o-1"
         assert "None" not in result.reason
         assert len(list(store.iter_ledger_trades())) == ledger_rows
-        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat(), 50)
+        exposure = store.get_exposure("acme_corp", "default", "AAPL", T0.date().isoformat(), 50)
         assert exposure.pending_buy_qty == pending
         assert exposure.position_qty == 0
 
@@ -461,7 +461,7 @@ class TestExecutionEngineSmartRouting:
         real_submit = broker.submit_order
         broker.submit_order = lose  # type: ignore[method-assign]
         assert engine.execute_intent(intent(qty=10, idempotency_key="lost")).status is ExecutionStatus.UNKNOWN
-        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat(), 50)
+        exposure = store.get_exposure("acme_corp", "default", "AAPL", T0.date().isoformat(), 50)
         assert (exposure.position_qty, exposure.pending_buy_qty) == (0, 10)
         assert store.daily_slots_taken("acme_corp", T0.date().isoformat()) == 1
         broker.submit_order = real_submit  # type: ignore[method-assign]
@@ -473,7 +473,7 @@ class TestExecutionEngineSmartRouting:
         self, make_engine: EngineFactory, store: SQLiteExecutionStore
     ) -> None:
         make_engine().execute_intent(intent(qty=7))
-        exposure = store.get_exposure("acme_corp", "alpaca_main", "AAPL", T0.date().isoformat(), 50)
+        exposure = store.get_exposure("acme_corp", "default", "AAPL", T0.date().isoformat(), 50)
         assert (exposure.position_qty, exposure.pending_buy_qty) == (7, 0)
 
     @pytest.mark.parametrize("error", [BrokerOutcomeUnknownError("read timed out"), ConnectionError("reset")])

@@ -97,7 +97,7 @@ def settle_later(store: Any, alpaca: AlpacaSettings, key: str = "k1", **settings
 
 def totals(store: Any) -> tuple[int, Decimal, Decimal, int]:
     """(ledger rows, position, in flight, daily slots taken)."""
-    exposure = store.get_exposure(TENANT, "alpaca_main", "AAPL", datetime.now(UTC).date().isoformat(), 5)
+    exposure = store.get_exposure(TENANT, "default", "AAPL", datetime.now(UTC).date().isoformat(), 5)
     rows = len(list(store.iter_ledger_trades(TENANT)))
     return (
         rows,

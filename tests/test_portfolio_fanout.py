@@ -124,7 +124,7 @@ def test_engine_fans_out_right_after_the_ledger_write(
     assert (sell5.tax.realized_pnl, sell5.tax.holding_period) == (Decimal("100.00"), HoldingPeriod.LONG_TERM)
     assert sell5.trading_date == sell5.executed_at.date().isoformat()
     assert sell5.tax_year == sell5.executed_at.year
-    lots = store.lots(UID, "acct", "AAPL")
+    lots = store.lots(UID, "default", "AAPL")
     assert lots is not None
     assert (lots.position, lots.open_lots, lots.trades) == (Decimal(0), (), 4)
 
@@ -150,7 +150,7 @@ def test_out_of_order_deliveries_end_as_in_order(
     for trade in sorted(trades, key=lambda t: t.executed_at):
         fan_out_ledger_trade(as_user("in-order", trade), store)
     expected = tax_view(store.history("in-order"))
-    expected_lots = store.lots("in-order", "acct", "AAPL")
+    expected_lots = store.lots("in-order", "default", "AAPL")
     assert expected_lots is not None
     for seed in range(6):
         uid = f"shuffled-{seed}"
@@ -159,7 +159,7 @@ def test_out_of_order_deliveries_end_as_in_order(
         for trade in deliveries:
             fan_out_ledger_trade(as_user(uid, trade), store)
         assert tax_view(store.history(uid)) == expected, f"seed {seed}"
-        lots = store.lots(uid, "acct", "AAPL")
+        lots = store.lots(uid, "default", "AAPL")
         assert lots is not None
         assert (lots.position, lots.open_lots, lots.trades) == (
             expected_lots.position,

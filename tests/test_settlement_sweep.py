@@ -76,7 +76,7 @@ def plan(fake: FakeAlpaca, key: str, *steps: FillStep) -> None:
 
 def figures(store: Any) -> tuple[int, Decimal, Decimal, int]:
     """(ledger rows, position, in flight, daily slots taken)."""
-    exposure = store.get_exposure(TENANT, "acct", "AAPL", T0.date().isoformat(), 50)
+    exposure = store.get_exposure(TENANT, "default", "AAPL", T0.date().isoformat(), 50)
     rows = len(list(store.iter_ledger_trades(TENANT)))
     return (
         rows,

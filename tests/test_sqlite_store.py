@@ -280,7 +280,7 @@ def test_positions_sum_correctly_after_buy_three_sell_one(db_path: Path, venue: 
     reopened = SQLiteExecutionStore(db_path)
     try:
         positions = reopened.positions(TENANT)
-        exposure = reopened.get_exposure(TENANT, "paper_acct", "AAPL", T0.date().isoformat(), 50)
+        exposure = reopened.get_exposure(TENANT, "default", "AAPL", T0.date().isoformat(), 50)
         reopened_slots = reopened.daily_slots_taken(TENANT, T0.date().isoformat())
         trades = list(reopened.iter_ledger_trades(TENANT))
     finally:
@@ -352,7 +352,7 @@ def test_position_limit_race_eight_threads_cannot_share_the_same_headroom(
     }
     assert venue.broker.calls == 1
     with SQLiteExecutionStore(db_path) as store:
-        exposure = store.get_exposure(TENANT, "paper_acct", "AAPL", T0.date().isoformat(), 50)
+        exposure = store.get_exposure(TENANT, "default", "AAPL", T0.date().isoformat(), 50)
     assert (exposure.position_qty, exposure.pending_buy_qty) == (Decimal(60), Decimal(0))
 
 

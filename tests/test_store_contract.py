@@ -88,9 +88,10 @@ def approve(intent: OrderIntent, limits: RiskLimits | None = None) -> Any:
     return check
 
 
-def figures(store: Any, symbol: str = "AAPL") -> tuple[Decimal, Decimal, Decimal, int]:
-    """(position, in-flight buys, in-flight sells, daily slots taken), the same on every store."""
-    exposure = store.get_exposure(TENANT, "acct", symbol, DAY, 50)
+def figures(store: Any, symbol: str = "AAPL", account: str = "acct") -> tuple[Decimal, Decimal, Decimal, int]:
+    """(position, in-flight buys, in-flight sells, daily slots taken), the same on every store.
+    ``account``: "default" for what an engine placed (the single-firm install's one account)."""
+    exposure = store.get_exposure(TENANT, account, symbol, DAY, 50)
     return (
         exposure.position_qty,
         exposure.pending_buy_qty,
@@ -396,7 +397,7 @@ def test_two_workers_racing_on_one_key_make_one_order(
     assert sum(not r.replayed for r in results) == 1
     assert len(broker.calls) == 1
     assert len(list(store.iter_ledger_trades(TENANT))) == 1
-    assert figures(store) == (2, 0, 0, 1)
+    assert figures(store, account="default") == (2, 0, 0, 1)
 
 
 @pytest.mark.parametrize(

@@ -138,3 +138,8 @@ def control_audit_path(tenant_id: str | None, audit_id: str) -> str:
 def rate_slot_path(tenant_id: str, minute: str, shard: int) -> str:
     """Shard ``shard`` of a tenant's order count in one UTC minute: ``{minute}~{shard:02d}``."""
     return f"tenants/{_segment(tenant_id, 'tenant_id')}/rate_slots/{_segment(minute, 'minute')}~{shard:02d}"
+
+
+def broker_account_path(tenant_id: str, account_id: str) -> str:
+    """``tenants/{tenant_id}/broker_accounts/{account_id}``: one of the tenant's broker accounts."""
+    return f"{tenant_collection_path(tenant_id, 'broker_accounts')}/{_segment(account_id, 'account_id')}"

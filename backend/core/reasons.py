@@ -24,6 +24,10 @@ class ReasonCode(StrEnum):
     RATE_LIMIT = "RATE_LIMIT"  # the tenant's orders this minute reached its order-rate limit
     # Venue and broker refusals (before or at the broker).
     NO_VENUE_FOR_ASSET_CLASS = "NO_VENUE_FOR_ASSET_CLASS"
+    # Broker accounts: the intent names an account that is not its tenant's (or no default exists);
+    # the account's keys cannot be had.
+    BROKER_ACCOUNT_NOT_ALLOWED = "BROKER_ACCOUNT_NOT_ALLOWED"
+    BROKER_ACCOUNT_UNAVAILABLE = "BROKER_ACCOUNT_UNAVAILABLE"
     ORDER_INVALID = "ORDER_INVALID"
     INSUFFICIENT_BUYING_POWER = "INSUFFICIENT_BUYING_POWER"
     ASSET_NOT_TRADABLE = "ASSET_NOT_TRADABLE"

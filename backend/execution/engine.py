@@ -24,6 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
@@ -35,6 +37,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from backend.adapters.alpaca import AlpacaBroker  # the SDK loads when a broker is constructed
+from backend.core.broker_accounts import (
+    IMPLICIT_ACCOUNT_ID,
+    AccountRefusal,
+    BrokerAccount,
+    BrokerAccountRefused,
+    resolve_account,
+)
 from backend.core.controls import EffectiveLimits, RuntimeControls, effective_limits, minute_bucket
 from backend.core.fees import FeeSchedule, estimate_fees
 from backend.core.instruments import AssetClass
@@ -75,7 +84,9 @@ from backend.core.routing import RoutingDecision, RoutingPolicy
 from backend.execution.fanout import fan_out_ledger_trade
 from backend.execution.ports import (
     Broker,
+    BrokerAccountRegistry,
     BrokerOutcomeUnknownError,
+    BrokerProvider,
     BrokerRejectedError,
     ClaimOutcome,
     Clock,
@@ -123,6 +134,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("msr.execution")
+
+# How long an engine keeps a tenant's broker-account registry (see ``_RegistryCache``).
+ACCOUNTS_CACHE_S = 30.0
 
 
 def log_intent_received(intent: OrderIntent, tenant_id: str, idempotency_key: str) -> None:
@@ -202,13 +216,19 @@ class ExecutionEngine:
         fee_schedule: FeeSchedule | None = None,
         worker_id: str | None = None,
         controls: CachedControls | None = None,
+        accounts: BrokerAccountRegistry | None = None,
+        brokers: BrokerProvider | None = None,
     ) -> None:
         """``portfolio``: fan each ledger row out to the user's history right after it is written
         (local runs). Leave it None where a Firestore trigger does the fan-out. Without a ``store``
         the configured one is used (``EXEC_STORE``, ``EXEC_FANOUT``; see ``build_stores``).
         ``worker_id`` names this engine as the holder of the leases it takes. ``controls``: the
         runtime controls (kill switches, limit overrides, the order-rate limit), read through their
-        cache; without them only the configured limits apply."""
+        cache; without them only the configured limits apply.
+
+        ``accounts``: the tenants' broker-account registry (default: the one beside ``store``);
+        ``brokers`` builds the broker of a registered account from its own credentials. ``broker``
+        trades for the implicit account of a tenant without registry entries (single-firm install)."""
         self.settings = settings or load_settings()
         self.broker = broker
         self.router = router
@@ -226,6 +246,13 @@ class ExecutionEngine:
         self.clock = clock or router.clock or SystemClock()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.controls = controls
+        if accounts is None:
+            from backend.adapters.broker_account_stores import registry_for
+
+            accounts = registry_for(self.store)
+        self.accounts = accounts
+        self.brokers = brokers
+        self._registry = _RegistryCache(accounts)
 
     @property
     def lease(self) -> timedelta:
@@ -261,11 +288,14 @@ class ExecutionEngine:
             intent = _validated_intent(intent)
         tenant_id = intent.tenant_id or self.settings.tenant_id
         key = intent.resolved_idempotency_key()
+        given_account = intent.broker_account_id
+        account = self.resolve_account(tenant_id, intent.broker_account_id)
+        intent = _on_account(intent, account, key)
         log_intent_received(intent, tenant_id, key)
 
-        stored, key = self._stored_for(tenant_id, key, intent)
+        stored, key = self._stored_for(tenant_id, key, intent, given_account)
         if stored is not None:
-            return self._existing(stored, intent, quote, key)
+            return self._existing(stored, intent, quote, key, given_account)
 
         now = self.clock.now()
         if self.enable_smart_routing:
@@ -274,6 +304,7 @@ class ExecutionEngine:
             routing = self.router.bypass(intent, quote=quote, trusted=trusted)
         log_smart_routing(routing, key)
         draft = _Draft(intent, tenant_id, intent.uid or self.settings.uid, key, now, routing)
+        draft.account = account
         if routing.mid_price is not None:
             draft.estimated_fees = estimate_fees(
                 intent.instrument, intent.side, intent.qty, routing.mid_price, self.fee_schedule
@@ -298,6 +329,59 @@ class ExecutionEngine:
             )
         return self._place(draft, trading_day, limits)
 
+    def resolve_account(self, tenant_id: str, requested: str) -> BrokerAccount:
+        """The account an intent of ``tenant_id`` naming ``requested`` trades through;
+        ``BrokerAccountRefused`` (nothing written) when it is not the tenant's, or when its broker
+        cannot be had. The strategy runner asks this before a run; ``execute_intent`` for each intent."""
+        resolved = resolve_account(tenant_id, requested, self._registry.accounts(tenant_id))
+        if isinstance(resolved, AccountRefusal):  # a name registered a moment ago is not refused
+            resolved = resolve_account(tenant_id, requested, self._registry.accounts(tenant_id, fresh=True))
+        if isinstance(resolved, AccountRefusal):
+            _log_account_refusal(tenant_id, requested, resolved)
+            raise BrokerAccountRefused(resolved)
+        self._broker_of(resolved)  # its credentials must be at hand before anything is written
+        return resolved
+
+    def _broker_of(self, account: BrokerAccount) -> Broker:
+        if account.implicit:
+            return self.broker
+        if self.brokers is None:
+            refusal = AccountRefusal(
+                ReasonCode.BROKER_ACCOUNT_UNAVAILABLE,
+                f"broker account {account.account_id!r} is registered, but this deployment has no "
+                "broker provider for registered accounts",
+            )
+            raise BrokerAccountRefused(refusal)
+        try:
+            return self.brokers.broker_for(account)
+        except BrokerAccountRefused:
+            raise
+        except Exception as exc:  # no broker, no trade: refused with the reason
+            refusal = AccountRefusal(
+                ReasonCode.BROKER_ACCOUNT_UNAVAILABLE,
+                f"broker account {account.account_id!r}: no broker for it ({type(exc).__name__})",
+            )
+            raise BrokerAccountRefused(refusal) from exc
+
+    def broker_for_order(self, tenant_id: str, account_id: str) -> Broker:
+        """The broker of an order already recorded: the account it was placed through, so lookups
+        and cancels use that account's credentials. An order of the implicit account (or from before
+        the registry) keeps the deployment's broker."""
+        registered = self._registry.accounts(tenant_id)
+        account = next((a for a in registered if a.account_id == account_id), None)
+        if account is None and account_id != IMPLICIT_ACCOUNT_ID:  # added since, or a legacy label
+            registered = self._registry.accounts(tenant_id, fresh=True)
+            account = next((a for a in registered if a.account_id == account_id), None)
+        if account is None:
+            if account_id == IMPLICIT_ACCOUNT_ID or not registered:
+                return self.broker
+            refusal = AccountRefusal(
+                ReasonCode.BROKER_ACCOUNT_UNAVAILABLE,
+                f"the order's broker account {account_id!r} is no longer in tenant {tenant_id}'s registry",
+            )
+            raise BrokerAccountRefused(refusal)
+        return self._broker_of(account)
+
     def settle(self, stored: StoredExecution, quote: Quote | None = None) -> ExecutionResult:
         """Move an order that is not final on, from the broker's own answer (a delivery of its
         intent, or a sweeper, calls this). A live lease: another worker is sending, nothing to do.
@@ -310,7 +394,8 @@ class ExecutionEngine:
         if order.state is OrderState.CLAIMED and not order.lease_expired(now):
             return self._answer(stored)
         try:
-            found = self.broker.get_order_by_client_order_id(order.client_order_id)
+            broker = self.broker_for_order(stored.result.tenant_id, stored.result.intent.broker_account_id)
+            found = broker.get_order_by_client_order_id(order.client_order_id)
         except Exception:  # noqa: BLE001 - the lookup failing is no evidence either way: ask again later
             log_event(
                 logger,
@@ -350,7 +435,13 @@ class ExecutionEngine:
             return CancelOutcome(False, ReasonCode.ORDER_NOT_CANCELABLE, reason, current)
         client_order_id = client_order_id_for(current.tenant_id, current.idempotency_key)
         try:
-            self.broker.cancel_order(client_order_id)
+            self.broker_for_order(current.tenant_id, current.intent.broker_account_id).cancel_order(
+                client_order_id
+            )
+        except BrokerAccountRefused as exc:
+            log_event(logger, "exec.cancel_refused", exc.reason, logging.WARNING,
+                      idempotency_key=current.idempotency_key, client_order_id=client_order_id)  # fmt: skip
+            return CancelOutcome(False, exc.code, exc.reason, current)
         except BrokerRejectedError as exc:
             refused = self._settle_key(current)
             log_event(logger, "exec.cancel_refused", f"Broker refused the cancel: {exc}",
@@ -374,7 +465,7 @@ class ExecutionEngine:
     # -- outcomes ----------------------------------------------------------------------------
 
     def _stored_for(
-        self, tenant_id: str, key: str, intent: OrderIntent
+        self, tenant_id: str, key: str, intent: OrderIntent, given_account: str | None = None
     ) -> tuple[StoredExecution | None, str]:
         """What is stored for the key, or, for a namespaced key, for the same intent under the key
         it had before namespaces (an order claimed before the upgrade keeps its client order id);
@@ -384,17 +475,24 @@ class ExecutionEngine:
         if legacy is None:
             return stored, key
         before = self.store.get_execution(tenant_id, legacy)
-        if before is None or (before.result is not None and differing_fields(before.result.intent, intent)):
+        if before is None or (
+            before.result is not None and _differing(before.result.intent, intent, given_account)
+        ):
             return None, key  # nothing there, or another intent's: the namespaced key is a new one
         return before, legacy
 
     def _existing(
-        self, stored: StoredExecution, intent: OrderIntent, quote: Quote | None, key: str
+        self,
+        stored: StoredExecution,
+        intent: OrderIntent,
+        quote: Quote | None,
+        key: str,
+        given_account: str | None = None,
     ) -> ExecutionResult:
         if stored.result is None:
             stored = self._adopt_claim(stored, intent, key)
         assert stored.result is not None
-        different = differing_fields(stored.result.intent, intent)
+        different = _differing(stored.result.intent, intent, given_account)
         if different:
             log_event(logger, "exec.idempotency_conflict",
                       f"Key {stored.result.idempotency_key} was used for a different intent: "
@@ -470,7 +568,12 @@ class ExecutionEngine:
         intent = draft.intent
         pending = draft.result(ExecutionStatus.PENDING, ReasonCode.IN_FLIGHT, IN_FLIGHT_REASON)
         request = self._request(pending)
-        refusal = self.broker.check(request)
+        broker = (
+            self._broker_of(draft.account)
+            if draft.account
+            else self.broker_for_order(draft.tenant_id, intent.broker_account_id)
+        )
+        refusal = broker.check(request)
         if refusal is not None:
             code, reason = refusal
             _log_venue_refusal(draft, code, reason)
@@ -498,7 +601,7 @@ class ExecutionEngine:
         if claim.outcome is ClaimOutcome.REFUSED:
             return self._finish_without_order(draft.risk_refusal())
         assert claim.stored is not None
-        return self._submit(claim.stored, request)
+        return self._submit(claim.stored, request, broker)
 
     def _rate_refusal(
         self, draft: _Draft, trading_day: str, limits: EffectiveLimits
@@ -527,12 +630,19 @@ class ExecutionEngine:
         draft.risk = RiskDecision(False, ReasonCode.RATE_LIMIT, f"Risk refused: {detail}", (check,))
         return draft.risk_refusal()
 
-    def _submit(self, stored: StoredExecution, request: OrderRequest) -> ExecutionResult:
+    def _submit(
+        self, stored: StoredExecution, request: OrderRequest, broker: Broker | None = None
+    ) -> ExecutionResult:
         """Send under the order's client order id; whatever happens becomes events of the order."""
         events: list[OrderEvent] = [SubmitSent(self.clock.now())]
         broker_order = None
+        assert stored.result is not None
         try:
-            broker_order = self.broker.submit_order(request)
+            if broker is None:
+                broker = self.broker_for_order(stored.result.tenant_id, request.broker_account_id)
+            broker_order = broker.submit_order(request)
+        except BrokerAccountRefused as exc:  # the account left the registry since the claim: never sent
+            events.append(SubmitRefused(self.clock.now(), exc.reason, exc.code))
         except BrokerRejectedError as exc:
             events.append(SubmitRefused(self.clock.now(), f"Broker refused: {exc}", exc.code))
         except BrokerOutcomeUnknownError as exc:
@@ -741,6 +851,66 @@ def _fan_out(trade: LedgerTrade, portfolio: PortfolioStore) -> None:
         )
 
 
+class _RegistryCache:
+    """Each tenant's registry entries, read at most once per ``ttl_s`` per engine: a read per intent
+    would put one more Firestore read in every request's path. A name not found is read again at
+    once (an account added a moment ago is usable); a tenant's first registration and a change of
+    default take effect within ``ttl_s``."""
+
+    def __init__(
+        self,
+        registry: BrokerAccountRegistry,
+        ttl_s: float = ACCOUNTS_CACHE_S,
+        monotonic: Any = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._ttl_s = ttl_s
+        self._monotonic = monotonic
+        self._entries: dict[str, tuple[float, list[BrokerAccount]]] = {}
+        self._lock = threading.Lock()
+
+    def accounts(self, tenant_id: str, fresh: bool = False) -> list[BrokerAccount]:
+        now = self._monotonic()
+        with self._lock:
+            cached = self._entries.get(tenant_id)
+        if cached is not None and not fresh and now < cached[0]:
+            return cached[1]
+        accounts = self._registry.broker_accounts(tenant_id)
+        with self._lock:
+            self._entries[tenant_id] = (now + self._ttl_s, accounts)
+        return accounts
+
+
+def _on_account(intent: OrderIntent, account: BrokerAccount, key: str) -> OrderIntent:
+    """The intent as it trades: on the resolved account (positions, limits, the ledger and the order
+    all key on it), under the key it was given or derived before (the client order id of an intent
+    never changes with the account's name)."""
+    if intent.broker_account_id == account.account_id:
+        return intent
+    return intent.model_copy(update={"broker_account_id": account.account_id, "idempotency_key": key})
+
+
+def _differing(stored: OrderIntent, intent: OrderIntent, given_account: str | None) -> list[str]:
+    """The trading fields that differ; an order stored under the label the caller sent again (from
+    before accounts were resolved) is the same trade."""
+    different = differing_fields(stored, intent)
+    if "broker_account_id" in different and stored.broker_account_id == given_account:
+        different.remove("broker_account_id")
+    return different
+
+
+def _log_account_refusal(tenant_id: str, requested: str, refusal: AccountRefusal) -> None:
+    log_event(
+        logger,
+        "exec.account_refused",
+        refusal.reason,
+        logging.WARNING,
+        reason_code=refusal.code.value,
+        tenant_id=tenant_id,
+        broker_account_id=requested,
+    )
+
+
 def _validated_intent(raw: Mapping[str, Any]) -> OrderIntent:
     try:
         return OrderIntent.model_validate(raw)
@@ -758,7 +928,7 @@ def _validated_intent(raw: Mapping[str, Any]) -> OrderIntent:
 class _Draft:
     """What the engine knows about one intent so far; each outcome is built from it exactly once."""
 
-    __slots__ = ("estimated_fees", "intent", "key", "now", "risk", "routing", "tenant_id", "uid")
+    __slots__ = ("account", "estimated_fees", "intent", "key", "now", "risk", "routing", "tenant_id", "uid")
 
     def __init__(
         self, intent: OrderIntent, tenant_id: str, uid: str, key: str, now: datetime, routing: RoutingDecision
@@ -771,6 +941,7 @@ class _Draft:
         self.routing = routing
         self.risk: RiskDecision | None = None
         self.estimated_fees: Decimal | None = None
+        self.account: BrokerAccount | None = None
 
     def result(self, status: ExecutionStatus, reason_code: ReasonCode, reason: str) -> ExecutionResult:
         return ExecutionResult(

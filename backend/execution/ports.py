@@ -11,6 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Protocol
 
+from backend.core.broker_accounts import BrokerAccount
 from backend.core.instruments import AssetClass, detect_asset_class
 from backend.core.ledger import DecisionRecord, LedgerEntry, LedgerFeeAdjustment, LedgerTrade
 from backend.core.order_lifecycle import OrderRecord
@@ -303,3 +304,30 @@ class PortfolioStore(Protocol):
     def lots(self, uid: str, broker_account_id: str, symbol: str) -> LotsSnapshot | None: ...
 
     def set_lot_method(self, uid: str, method: LotMethod) -> None: ...
+
+
+class BrokerAccountRegistry(Protocol):
+    """Each tenant's broker accounts (``backend.core.broker_accounts``). Written by the admin path
+    (``msr accounts``) only; the engine reads."""
+
+    def broker_accounts(self, tenant_id: str) -> list[BrokerAccount]: ...
+
+    def broker_account(self, tenant_id: str, account_id: str) -> BrokerAccount | None: ...
+
+    def all_broker_accounts(self) -> list[BrokerAccount]:
+        """Every tenant's (the position check visits each account)."""
+        ...
+
+    def put_broker_account(self, account: BrokerAccount) -> None:
+        """Create or replace; an account marked default makes the tenant's others not default."""
+        ...
+
+    def set_default_broker_account(self, tenant_id: str, account_id: str) -> None:
+        """``ValueError`` when the tenant has no such account."""
+        ...
+
+
+class BrokerProvider(Protocol):
+    """The broker that trades through one account, with that account's own credentials."""
+
+    def broker_for(self, account: BrokerAccount) -> Broker: ...

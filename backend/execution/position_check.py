@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from backend.core.broker_accounts import AccountVenue, BrokerAccount
 from backend.core.fee_reconciliation import fee_adjustment_id, takes_fee_in_asset
 from backend.core.instruments import AssetClass, instrument_for
 from backend.core.intents import canonical_decimal
@@ -71,12 +72,24 @@ class PositionSource(Protocol):
 
 
 def broker_account_of(
-    tenant_id: str, account_label: str, symbol: str, venues: Mapping[AssetClass, str]
+    tenant_id: str,
+    account_label: str,
+    symbol: str,
+    venues: Mapping[AssetClass, str],
+    registered: Collection[tuple[str, str]] = (),
 ) -> str:
-    """The broker account a ledger position is held at. Today one account per venue serves every
-    tenant and account label (the deployment's Alpaca keys), so it is the venue that routes the
-    instrument's asset class. A per-tenant broker-account registry replaces this function alone."""
-    return venues.get(instrument_for(symbol).asset_class, "none")
+    """The broker account a ledger position is held at. The venue that routes the instrument's
+    asset class; at Alpaca, a tenant's registered account (``registered``: (tenant, account id)
+    pairs) is its own account, named ``tenant/account``, and everything else is the deployment's
+    one account (the single-firm install), named by the venue."""
+    venue = venues.get(instrument_for(symbol).asset_class, "none")
+    if venue == "alpaca" and (tenant_id, account_label) in registered:
+        return registered_account_name(tenant_id, account_label)
+    return venue
+
+
+def registered_account_name(tenant_id: str, account_id: str) -> str:
+    return f"{tenant_id}/{account_id}"
 
 
 def check_positions(
@@ -85,12 +98,17 @@ def check_positions(
     settings: ExecSettings,
     now: datetime,
     window: timedelta = DEFAULT_WINDOW,
+    *,
+    account: str | None = None,
+    registered: Collection[tuple[str, str]] = (),
 ) -> DriftReport:
     """Compare ``broker``'s account with the ledger's positions held there; log one event per
-    finding and a summary (``positions.checked``); return the report."""
-    account = broker.name
+    finding and a summary (``positions.checked``); return the report. ``account``: the account's
+    name (default: the broker's, the deployment's own); ``registered``: the tenants' registered
+    Alpaca accounts, whose positions are not the deployment account's."""
+    account = account or broker.name
     venues = settings.venue_table()
-    ledger = _ledger_view(store, account, venues, now, window)
+    ledger = _ledger_view(store, account, venues, now, window, registered)
     try:
         held = broker.positions()
         orders = tuple(broker.recent_orders(now - window))
@@ -105,6 +123,40 @@ def check_positions(
     return report
 
 
+def registered_alpaca_accounts(accounts: Collection[BrokerAccount]) -> frozenset[tuple[str, str]]:
+    return frozenset((a.tenant_id, a.account_id) for a in accounts if a.venue is AccountVenue.ALPACA)
+
+
+def check_registered_accounts(
+    store: ExecutionStore,
+    accounts: Collection[BrokerAccount],
+    source_for: Callable[[BrokerAccount], PositionSource],
+    settings: ExecSettings,
+    now: datetime,
+    window: timedelta = DEFAULT_WINDOW,
+) -> list[DriftReport]:
+    """The same check for each tenant's registered Alpaca account, through its own keys: one
+    report (and its events) per account. An account whose broker cannot be built is reported as
+    ``POSITIONS_UNAVAILABLE``, never as flat."""
+    registered = registered_alpaca_accounts(accounts)
+    reports = []
+    for account in accounts:
+        if account.venue is not AccountVenue.ALPACA:
+            continue
+        name = registered_account_name(account.tenant_id, account.account_id)
+        try:
+            source = source_for(account)
+        except Exception as error:  # noqa: BLE001 - no keys, nothing compared: unknown, never flat
+            report = positions_unavailable(name, f"{type(error).__name__}: no broker for the account", now)
+            _log(report, window)
+            reports.append(report)
+            continue
+        reports.append(
+            check_positions(store, source, settings, now, window, account=name, registered=registered)
+        )
+    return reports
+
+
 def _confirm(broker: PositionSource, symbol: str) -> Decimal | None:
     """The targeted query for a position the list omitted; None when it did not answer."""
     try:
@@ -117,12 +169,13 @@ def ledger_positions(
     account: str,
     positions: Mapping[tuple[str, str, str], tuple[Decimal, Decimal, Decimal]],
     venues: Mapping[AssetClass, str],
+    registered: Collection[tuple[str, str]] = (),
 ) -> dict[str, LedgerPosition]:
     """The ledger's positions held at ``account``, summed per canonical instrument over the
     tenants and account labels it serves."""
     summed: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0)] * 3)
     for (tenant_id, label, symbol), quantities in positions.items():
-        if broker_account_of(tenant_id, label, symbol, venues) == account:
+        if broker_account_of(tenant_id, label, symbol, venues, registered) == account:
             total = summed[symbol]
             for index, qty in enumerate(quantities):
                 total[index] += qty
@@ -130,9 +183,14 @@ def ledger_positions(
 
 
 def _ledger_view(
-    store: ExecutionStore, account: str, venues: Mapping[AssetClass, str], now: datetime, window: timedelta
+    store: ExecutionStore,
+    account: str,
+    venues: Mapping[AssetClass, str],
+    now: datetime,
+    window: timedelta,
+    registered: Collection[tuple[str, str]] = (),
 ) -> LedgerView:
-    positions = ledger_positions(account, store.all_positions(), venues)
+    positions = ledger_positions(account, store.all_positions(), venues, registered)
     orders = {
         stored.order.client_order_id: KnownOrder(
             stored.order.client_order_id, stored.order.tenant_id, stored.order.filled_qty, stored.order.state
@@ -141,11 +199,17 @@ def _ledger_view(
         if stored.order is not None
     }
     first_day = (now - window).astimezone(UTC).date()
-    return LedgerView(positions, orders, unsettled_asset_fees(store, account, venues, first_day, now))
+    fees = unsettled_asset_fees(store, account, venues, first_day, now, registered)
+    return LedgerView(positions, orders, fees)
 
 
 def unsettled_asset_fees(
-    store: ExecutionStore, account: str, venues: Mapping[AssetClass, str], first_day: date, now: datetime
+    store: ExecutionStore,
+    account: str,
+    venues: Mapping[AssetClass, str],
+    first_day: date,
+    now: datetime,
+    registered: Collection[tuple[str, str]] = (),
 ) -> tuple[UnsettledAssetFee, ...]:
     """The fees taken in the asset that fills at ``account`` booked at estimated rates, per
     instrument and UTC day from ``first_day`` (whole days), where the day has no fee adjustment
@@ -157,7 +221,8 @@ def unsettled_asset_fees(
             continue
         day = entry.executed_at.astimezone(UTC).date()
         at_account = (
-            broker_account_of(entry.tenant_id, entry.broker_account_id, entry.symbol, venues) == account
+            broker_account_of(entry.tenant_id, entry.broker_account_id, entry.symbol, venues, registered)
+            == account
         )
         if at_account and first_day <= day <= now.astimezone(UTC).date():
             booked[(entry.tenant_id, entry.uid, entry.broker_account_id, entry.symbol, day)] += (
