@@ -41,11 +41,12 @@ def execute_http(request: Any) -> Any:
     from functions.app import services
     from functions.http_auth import verify_firebase_token
     from functions.http_execute import handle_execute
+    from functions.wire import body_settled
 
     def execute(intent: Any) -> Any:
         return services().execute(intent, trusted=False)  # a caller's figures only tighten checks
 
-    with request_deadline(REQUEST_DEADLINE_S):
+    with request_deadline(REQUEST_DEADLINE_S), body_settled(request):
         return handle_execute(request, execute, verify_firebase_token)
 
 
@@ -55,8 +56,9 @@ def orders_http(request: Any) -> Any:
     from functions.app import services
     from functions.http_auth import verify_firebase_token
     from functions.http_orders import handle_orders
+    from functions.wire import body_settled
 
-    with request_deadline(REQUEST_DEADLINE_S):
+    with request_deadline(REQUEST_DEADLINE_S), body_settled(request):
         return handle_orders(
             request,
             lambda tenant_id, ref: services().show_order(tenant_id, ref),

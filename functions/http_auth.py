@@ -111,16 +111,11 @@ def caller(request: Request, verify: TokenVerifier, roles: frozenset[str], actio
 
 
 def json_object_body(request: Request, what: str) -> dict[str, Any]:
-    """The body as a JSON object of at most ``MAX_BODY_BYTES`` (``what`` it should be, for the
-    refusal: "an OrderIntent")."""
-    declared = request.content_length or 0
-    raw = b"" if declared > MAX_BODY_BYTES else request.stream.read(MAX_BODY_BYTES + 1)
-    if declared > MAX_BODY_BYTES or len(raw) > MAX_BODY_BYTES:
-        raise refused(413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+    """The body as a JSON object of at most ``MAX_BODY_BYTES``, read within a deadline, its numbers
+    exact (``functions/wire.py``; ``what`` it should be, for the refusal: "an OrderIntent")."""
+    from functions.wire import WireError, parse_json_object, read_body
+
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise refused(400, "bad_request", "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise refused(400, "bad_request", f"the body must be a JSON object ({what})")
-    return body
+        return parse_json_object(read_body(request, MAX_BODY_BYTES), what)
+    except WireError as exc:
+        raise refused(exc.status, exc.error, exc.reason) from None
