@@ -1,7 +1,8 @@
 """The wire: a request body read within a deadline, parsed as exact JSON.
 
 Reading. A body is at most ``max_bytes``; a larger declared ``Content-Length`` is refused (413)
-without reading a byte. What is read must arrive within ``BODY_READ_SECONDS`` in total: a client
+without reading a byte. What is read must arrive within a deadline in total
+(``EXEC_BODY_READ_SECONDS``, 10 s): a client
 that declares more than it sends, or sends a byte now and then, is answered 408 at the deadline
 instead of holding a worker thread (a socket timeout alone bounds each ``recv``, not the sum, so
 at the deadline the socket's reading side is shut and the blocked read returns). The functions
@@ -27,6 +28,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from flask import Request
@@ -34,7 +36,6 @@ from werkzeug.exceptions import HTTPException
 
 from backend.core.numbers import MAX_NUMBER_TEXT
 
-BODY_READ_SECONDS = 10.0
 MAX_JSON_DEPTH = 16
 MAX_JSON_VALUES = 1024
 
@@ -102,9 +103,18 @@ def _server_socket(request: Request) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def read_body(request: Request, max_bytes: int, seconds: float = BODY_READ_SECONDS) -> bytes:
-    """The body, at most ``max_bytes``, all of it within ``seconds``; ``WireError`` otherwise.
-    The bytes read are kept as the request's data (``request.get_data()`` answers them)."""
+@cache
+def body_read_seconds() -> float:
+    """``EXEC_BODY_READ_SECONDS``, read once per instance."""
+    from backend.execution.settings import load_settings
+
+    return load_settings().body_read_seconds
+
+
+def read_body(request: Request, max_bytes: int, seconds: float | None = None) -> bytes:
+    """The body, at most ``max_bytes``, all of it within ``seconds`` (``EXEC_BODY_READ_SECONDS``);
+    ``WireError`` otherwise. The bytes read stay the request's data (``get_data()`` answers them)."""
+    seconds = body_read_seconds() if seconds is None else seconds
     declared = request.content_length
     if declared is not None and declared > max_bytes:
         raise WireError(
