@@ -27,7 +27,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Any
 
@@ -184,7 +184,10 @@ def _int(text: str) -> int:
 
 
 def _decimal(text: str) -> Decimal:
-    return Decimal(_number_text(text))  # exact: no float, no expansion of the exponent
+    try:
+        return Decimal(_number_text(text))  # exact: no float, no expansion of the exponent
+    except InvalidOperation:  # an exponent beyond what a Decimal can hold at all
+        raise _unacceptable(f"the body holds a number out of range ({text})") from None
 
 
 def _not_json(name: str) -> Any:
