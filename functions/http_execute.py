@@ -7,7 +7,8 @@ answered with a reason and write nothing:
 401 no or bad token · 403 no tenant, a role that may not trade, another tenant or user ·
 405 not POST · 503 with Retry-After: the store stayed contended, nothing was written ·
 409 the idempotency key was used for a different intent (the fields that differ) ·
-413 body over 16 KiB · 400 not a JSON object · 422 invalid intent (field errors).
+413 body over 16 KiB · 408 body not arrived in time · 400 not a JSON object · 422 unacceptable
+body or invalid intent (field errors).
 
 The caller's idempotency key (``Idempotency-Key`` header or body; the content digest when neither)
 lives in the ``api:`` namespace: a caller can never pick a key of the strategy runner's (``run:``).

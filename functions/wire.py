@@ -2,12 +2,12 @@
 
 Reading. A body is at most ``max_bytes``; a larger declared ``Content-Length`` is refused (413)
 without reading a byte. What is read must arrive within a deadline in total
-(``EXEC_BODY_READ_SECONDS``, 10 s): a client
-that declares more than it sends, or sends a byte now and then, is answered 408 at the deadline
-instead of holding a worker thread (a socket timeout alone bounds each ``recv``, not the sum, so
-at the deadline the socket's reading side is shut and the blocked read returns). The functions
-framework reads the whole body again after every response (``get_data`` in an after-request
-hook, unbounded): ``body_settled`` makes sure it finds the body already read, whatever answered.
+(``EXEC_BODY_READ_SECONDS``, 10 s): a client that declares more than it sends, or sends a byte now
+and then, is answered 408 at the deadline instead of holding a worker thread (a socket timeout
+alone bounds each ``recv``, not the sum, so at the deadline the socket's reading side is shut and
+the blocked read returns). The functions framework reads the whole body again after every
+response (``get_data`` in an after-request hook, unbounded): ``body_settled`` makes sure it finds
+the body already read, whatever answered.
 
 Parsing. JSON numbers never pass through a float: integers become ``int``, the rest ``Decimal``,
 each checked on its length (``MAX_NUMBER_TEXT``) before it is constructed; ``NaN`` and
