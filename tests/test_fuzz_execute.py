@@ -20,7 +20,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devtools.alpaca_simulator import FakeAlpaca, running
+from devtools.emulators import PROJECT
 from devtools.tokens import unsigned_token
 from tests.test_http_execute import TRADER, served
 
@@ -89,9 +89,11 @@ class Target:
     request goes through."""
 
     url: str
-    ledger: Path
+    store: str
     log: Path
     fake: FakeAlpaca
+    ledger: Path | None = None  # the embedded store's file
+    firestore: Any = None  # a client of the emulator the function writes to
     tally: Tally = field(default_factory=Tally)
     _conn: http.client.HTTPConnection | None = None
     _db: sqlite3.Connection | None = None
@@ -107,9 +109,21 @@ class Target:
             self._conn.close()
         if self._db is not None:
             self._db.close()
+        if self.firestore is not None:
+            self.firestore.close()
 
     def commits(self) -> int:
+        """A number that changes with every write to the store: the SQLite file's data version
+        (bumped by each commit of another connection); on Firestore the documents created where
+        every execution writes (a decision for every intent executed, the position a claim
+        creates): a refused request that executed anything would add one."""
+        if self.firestore is not None:
+            return sum(
+                int(self.firestore.collection_group(group).count().get()[0][0].value)
+                for group in ("decisions", "positions")
+            )
         if self._db is None:
+            assert self.ledger is not None
             self._db = sqlite3.connect(self.ledger)
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
@@ -165,18 +179,32 @@ class Target:
         return self.send(text, auth | dict(headers or {}))
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+# The full run on the embedded store; a shorter one on the Firestore emulator, whose limits (document
+# ids, field names, nesting) are the deployed ones.
+REQUESTS_BY_STORE = {"sqlite": MIN_REQUESTS, "firestore": 800}
+
+
+@pytest.fixture(scope="module", params=list(REQUESTS_BY_STORE))
+def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     fake = FakeAlpaca()
     for symbol, bid, ask in (("AAPL", "189.99", "190.01"), ("BTC/USD", "50000", "50001")):
         fake.set_quote(symbol, bid, ask)
-    ledger = tmp_path_factory.mktemp("fuzz") / "ledger.sqlite3"
-    env = {"EXEC_STORE": "sqlite", "EXEC_SQLITE_PATH": str(ledger), "EXEC_BODY_READ_SECONDS": "2"}
+    env = {"EXEC_BODY_READ_SECONDS": "2"}
+    ledger, firestore_client = None, None
+    if request.param == "sqlite":
+        ledger = tmp_path_factory.mktemp("fuzz") / "ledger.sqlite3"
+        env |= {"EXEC_STORE": "sqlite", "EXEC_SQLITE_PATH": str(ledger)}
+    else:
+        from google.cloud import firestore
+
+        emulator = request.getfixturevalue("firestore_emulator")
+        env |= {"EXEC_STORE": "firestore", "FIRESTORE_EMULATOR_HOST": emulator.host}
+        firestore_client = firestore.Client(project=PROJECT)
     with running(fake) as alpaca_url, served("execute", alpaca_url, env) as url:
         port = url.rsplit(":", 1)[1]
         log = next(Path(p) for p in _function_logs() if p.name.endswith(f"-{port}.log"))
-        target = Target(url, ledger, log, fake)
-        status, answer = target.post(VALID, {"Idempotency-Key": "warm-up"})  # creates the store
+        target = Target(url, request.param, log, fake, ledger, firestore_client)
+        status, answer = target.post(VALID, {"Idempotency-Key": f"warm-up-{uuid.uuid4().hex[:8]}"})
         assert status == 200, answer
         assert answer["status"] == "placed", answer
         yield target
@@ -394,10 +422,10 @@ def test_execute_holds_under_fuzzing(target: Target) -> None:
 
     target.tally.seconds = time.monotonic() - started
     print(
-        f"\nfuzz: {target.tally.requests} requests in {target.tally.seconds:.1f} s, "
+        f"\nfuzz ({target.store}): {target.tally.requests} requests in {target.tally.seconds:.1f} s, "
         f"statuses {dict(sorted(target.tally.by_status.items()))}"
     )
-    assert target.tally.requests >= MIN_REQUESTS
+    assert target.tally.requests >= REQUESTS_BY_STORE[target.store]
 
 
 # --- generated intents ----------------------------------------------------------------------------
@@ -527,7 +555,7 @@ MUTATIONS_PER_EXAMPLE = 3
 
 
 def generated(target: Target) -> None:
-    remaining = max(MIN_REQUESTS - target.tally.requests, 0)
+    remaining = max(REQUESTS_BY_STORE[target.store] - target.tally.requests, 0)
     examples = remaining // (1 + MUTATIONS_PER_EXAMPLE) + 50
 
     @given(intent_bodies(), st.integers(0, 2**32))
@@ -553,5 +581,3 @@ def test_the_store_counts_commits_of_another_connection(target: Target) -> None:
     status, _ = target.post({**VALID, "qty": 2}, {"Idempotency-Key": f"w-{uuid.uuid4().hex[:8]}"})
     assert status == 200
     assert target.commits() > before
-    with closing(sqlite3.connect(target.ledger)) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] > 0
