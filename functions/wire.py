@@ -103,6 +103,23 @@ def _server_socket(request: Request) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
+def _read_up_to(request: Request, limit: int) -> tuple[bytes, str | None]:
+    """Up to ``limit`` bytes of the body, to its end (a stream may answer a read with less than
+    asked); the name of the error that ended the read early, if one did."""
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while total < limit:
+            chunk = request.stream.read(limit - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except _READ_ERRORS as exc:
+        return b"".join(chunks), type(exc).__name__
+    return b"".join(chunks), None
+
+
 @cache
 def body_read_seconds() -> float:
     """``EXEC_BODY_READ_SECONDS``, read once per instance."""
@@ -121,11 +138,7 @@ def read_body(request: Request, max_bytes: int, seconds: float | None = None) ->
             413, "payload_too_large", f"the body is over {max_bytes} bytes (Content-Length {declared})"
         )
     with _ReadDeadline(_server_socket(request), seconds) as deadline:
-        try:
-            raw = request.stream.read(max_bytes + 1)
-            failure: str | None = None
-        except _READ_ERRORS as exc:
-            raw, failure = b"", type(exc).__name__
+        raw, failure = _read_up_to(request, max_bytes + 1)
     request.stream = io.BytesIO(raw)  # type: ignore[misc]  # the framework's later read: no socket
     if deadline.expired:
         raise WireError(408, "request_timeout", f"the body did not arrive within {seconds:g} s")
@@ -150,22 +163,28 @@ def body_settled(request: Request) -> Iterator[None]:
             request.stream = io.BytesIO(b"")  # type: ignore[misc]
 
 
-# A JSON string, escapes included (the unrolled form is linear in the text).
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_STRUCTURE = re.compile(r"[\[\]{},]")
+# Read left to right: a whole JSON string (escapes included; the unrolled form never backtracks),
+# a structural character, or the quote of a string that never ends.
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]|"', re.DOTALL)
 
 
 def _check_shape(text: str) -> None:
-    """Depth and value count, read off the text with its strings removed, before the (recursive)
-    parser runs: a 16 KiB body of ``[`` would otherwise exhaust the parser's recursion."""
+    """Depth and value count, read off the text outside its strings, before the (recursive) parser
+    runs: a 16 KiB body of ``[`` would otherwise exhaust the parser's recursion. Linear: each
+    string is passed once, and an unterminated one ends the scan (the parser then says where)."""
     depth = values = 0
-    for char in _STRUCTURE.findall(_JSON_STRING.sub("", text)):
-        if char in "[{":
+    for match in _TOKENS.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            if len(token) == 1:
+                return
+            continue
+        if token in "[{":
             depth += 1
             values += 1
             if depth > MAX_JSON_DEPTH:
                 raise _unacceptable(f"the body is nested deeper than {MAX_JSON_DEPTH} levels")
-        elif char == ",":
+        elif token == ",":
             values += 1
         else:
             depth -= 1

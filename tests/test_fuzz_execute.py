@@ -299,6 +299,7 @@ def body_corpus() -> list[tuple[str, bytes]]:
     add("deep array", b'{"qty": 1, "metadata": {"a": ' + b"[" * 5000 + b"]" * 5000 + b"}}")
     add("deep object", b'{"metadata": ' + b'{"a":' * 300 + b"1" + b"}" * 300 + b"}")
     add("unclosed deep", b"[" * 16_000)
+    add("unterminated escapes", b'"' + b'\\"' * 8000)
     add("many values", b'{"metadata": {"a": [' + b",".join([b"0"] * 3000) + b"]}}")
     add("long string", encode({**VALID, "metadata": {"note": "x" * 15_000}}).encode())
     add("over 16 KiB", encode({**VALID, "metadata": {"note": "x" * 17_000}}).encode())

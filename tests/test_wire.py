@@ -98,6 +98,7 @@ class TestExactJson:
             (b'{"a": "\xc3"}', "not UTF-8"),
             (b'\xef\xbb\xbf{"a": 1}', "not valid JSON"),
             (b'{"qty": 1', "not valid JSON"),
+            (b'"' + b'\\"' * 8000, "not valid JSON"),  # unterminated: the shape scan stays linear
             (b"", "not valid JSON"),
             (b'{"a": 1} x', "not valid JSON"),
             (b"[1, 2]", "must be a JSON object (an OrderIntent)"),
@@ -301,6 +302,21 @@ class TestBodyDeadline:
         status, body = raw_exchange(wire_url, request_head(len(payload)), parts, pause=0.2)
         assert status == 408
         assert body["error"] == "request_timeout"
+
+    def test_a_chunked_body_that_never_ends_is_408(self, wire_url: str) -> None:
+        head = request_head(0).replace("Content-Length: 0", "Transfer-Encoding: chunked")
+        status, body = raw_exchange(wire_url, head, [b'6\r\n{"qty"\r\n'])
+        assert status == 408
+        assert body["error"] == "request_timeout"
+
+    def test_a_body_in_pieces_within_the_deadline_is_read_whole(self, wire_url: str) -> None:
+        payload = json.dumps({**INTENT, "qty": 2, "idempotency_key": "pieces"}).encode()
+        half = len(payload) // 2
+        status, body = raw_exchange(
+            wire_url, request_head(len(payload)), [payload[:half], payload[half:]], 0.3
+        )
+        assert status == 200, body
+        assert body["intent"]["qty"] == "2"
 
     def test_a_refusal_before_the_body_is_read_does_not_wait_for_it(self, wire_url: str) -> None:
         status, body = raw_exchange(wire_url, request_head(100, token=False), [b"{"])
