@@ -248,6 +248,7 @@ BAD_METADATA: list[Any] = [
     {"a": {"b": {"c": {"d": {"e": 1}}}}}, {"a": [[1]]}, {"a": "x" * 1025},
     {f"k{i}": i for i in range(65)}, {"a": Raw("0.1000000000000000055511151231257827")},
     {"a": Raw("1E+100000000")}, {"a": 2**64}, {"a": Raw("NaN")},
+    {"a": "\ud800"}, {"\udc00": 1}, {"a": ["x", "\udbff"]},
     {"tenant_id": "other_corp"}, {"uid": "someone_else"}, {"tenant_id": ["acme_corp"]}, {"uid": {"x": 1}},
 ]  # fmt: skip
 
@@ -437,7 +438,7 @@ def test_execute_holds_under_fuzzing(target: Target) -> None:
 _ODD_STRINGS = [
     "", " ", "\t", "x" * 201, "x" * 3000, "\u0000", "a\u0000b", "\u202eRTL", "😀" * 60, "日本語", "../..",
     "a/b", "a~b", "%2F", "__name__", "null", "true", "1", "1e400", "NaN", "<script>", "'; DROP TABLE x; --",
-    "\\",
+    "\\", "\ud800", "a\udfffb",
 ]  # fmt: skip
 _ODD_VALUES: list[Any] = [
     None, True, False, 0, -1, 2**63, -(2**64), Raw("1.5"), Raw("-0"), Raw("1e-5"), [], {}, [1, "a"],
