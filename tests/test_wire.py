@@ -328,3 +328,25 @@ class TestBodyDeadline:
         status, body = raw_exchange(wire_url, request_head(len(payload)), [payload])
         assert status == 200, body
         assert body["status"] == "placed"
+
+
+_FLOAT_TEXTS = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300).map(repr)
+
+
+@given(
+    qty=st.decimals(min_value=Decimal("0.000000001"), max_value=Decimal(1000), places=9).map(str),
+    score=_FLOAT_TEXTS,
+    count=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+)
+@settings(max_examples=300)
+def test_exact_parsing_keeps_the_content_key_of_every_body_a_float_parser_accepted(
+    qty: str, score: str, count: int
+) -> None:
+    """An intent without a key is identified by a digest of its content: parsing exactly must not
+    change it for any body that was accepted before (else a retry in flight would be a new order)."""
+    raw = f'{{"qty": {qty}, "metadata": {{"score": {score}, "count": {count}}}}}'.encode()
+    before = OrderIntent.model_validate({**BASE, **orjson.loads(raw)})
+    after = OrderIntent.model_validate({**BASE, **parsed(raw)})
+    assert after.resolved_idempotency_key() == before.resolved_idempotency_key()
+    assert after.qty == before.qty
+    assert after.metadata == before.metadata

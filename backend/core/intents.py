@@ -100,14 +100,12 @@ _INT64 = 2**63
 # Metadata numbers are stored as what they are, an integer or a double: a decimal from the wire is
 # kept only when a double holds that very number (its shortest spelling reads back equal), so what
 # is accepted is what every store writes and reads back.
-_MAX_FLOAT_EXPONENT = 308
+_FLOAT_EXPONENTS = range(-324, 309)  # a double's magnitudes, subnormals included
 
 
 def _exact_float(value: Decimal, where: str) -> float:
-    if not value.is_finite() or abs(value.adjusted()) > _MAX_FLOAT_EXPONENT:
-        raise ValueError(
-            f"{where}: a number out of range (magnitude 1e-{_MAX_FLOAT_EXPONENT} to 1e{_MAX_FLOAT_EXPONENT})"
-        )
+    if not value.is_finite() or value.adjusted() not in _FLOAT_EXPONENTS:
+        raise ValueError(f"{where}: a number out of range (magnitude 1e-324 to 1e308)")
     as_float = float(value)  # the exponent is bounded: nothing is expanded
     if value.is_zero():
         return as_float
