@@ -41,15 +41,15 @@ def execute_http(request: Any) -> Any:
     from functions.app import services
     from functions.http_auth import serving_refusal, verify_firebase_token
     from functions.http_execute import handle_execute
-
-    refusal = serving_refusal()  # an instance that must not authenticate anyone serves nothing
-    if refusal is not None:
-        return refusal
+    from functions.wire import body_settled
 
     def execute(intent: Any) -> Any:
         return services().execute(intent, trusted=False)  # a caller's figures only tighten checks
 
-    with request_deadline(REQUEST_DEADLINE_S):
+    with request_deadline(REQUEST_DEADLINE_S), body_settled(request):
+        # An instance that must not authenticate anyone serves nothing (its body unread, settled).
+        if (refusal := serving_refusal()) is not None:
+            return refusal
         return handle_execute(request, execute, verify_firebase_token)
 
 
@@ -59,12 +59,11 @@ def orders_http(request: Any) -> Any:
     from functions.app import services
     from functions.http_auth import serving_refusal, verify_firebase_token
     from functions.http_orders import handle_orders
+    from functions.wire import body_settled
 
-    refusal = serving_refusal()
-    if refusal is not None:
-        return refusal
-
-    with request_deadline(REQUEST_DEADLINE_S):
+    with request_deadline(REQUEST_DEADLINE_S), body_settled(request):
+        if (refusal := serving_refusal()) is not None:
+            return refusal
         return handle_orders(
             request,
             lambda tenant_id, ref: services().show_order(tenant_id, ref),

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from flask import Request, Response
 
+from backend.core.paths import is_document_id
 from backend.observability.logging import log_event
 from functions.id_tokens import AuthUnavailable, InvalidToken
 
@@ -103,10 +104,14 @@ def caller(request: Request, verify: TokenVerifier, roles: frozenset[str], actio
     uid, tenant_id, role = claims.get("uid") or claims.get("sub"), claims.get("tenant_id"), claims.get("role")
     if not uid or not isinstance(uid, str):
         raise refused(401, "unauthenticated", "the ID token names no user")
+    if not is_document_id(uid):
+        raise refused(401, "unauthenticated", "the ID token's user id cannot name a user's documents")
     if not tenant_id:
         raise refused(403, "forbidden", "the token carries no tenant_id claim", uid=uid)
     if not isinstance(tenant_id, str):
         raise refused(403, "forbidden", "the token's tenant_id claim is not a string", uid=uid)
+    if not is_document_id(tenant_id):
+        raise refused(403, "forbidden", "the token's tenant_id claim cannot name a tenant", uid=uid)
     if role is not None and not isinstance(role, str):  # a list would not even hash
         reason = f"the token's role claim is not a string, so it may not {action}"
         raise refused(403, "forbidden", reason, uid=uid, tenant_id=tenant_id)
@@ -116,16 +121,11 @@ def caller(request: Request, verify: TokenVerifier, roles: frozenset[str], actio
 
 
 def json_object_body(request: Request, what: str) -> dict[str, Any]:
-    """The body as a JSON object of at most ``MAX_BODY_BYTES`` (``what`` it should be, for the
-    refusal: "an OrderIntent")."""
-    declared = request.content_length or 0
-    raw = b"" if declared > MAX_BODY_BYTES else request.stream.read(MAX_BODY_BYTES + 1)
-    if declared > MAX_BODY_BYTES or len(raw) > MAX_BODY_BYTES:
-        raise refused(413, "payload_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+    """The body as a JSON object of at most ``MAX_BODY_BYTES``, read within a deadline, its numbers
+    exact (``functions/wire.py``; ``what`` it should be, for the refusal: "an OrderIntent")."""
+    from functions.wire import WireError, parse_json_object, read_body
+
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise refused(400, "bad_request", "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise refused(400, "bad_request", f"the body must be a JSON object ({what})")
-    return body
+        return parse_json_object(read_body(request, MAX_BODY_BYTES), what)
+    except WireError as exc:
+        raise refused(exc.status, exc.error, exc.reason) from None

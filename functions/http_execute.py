@@ -9,7 +9,8 @@ answered with a reason and write nothing:
 409 the idempotency key was used for a different intent (the fields that differ) ·
 403 ``broker_account_refused``: the body names a broker account that is not the tenant's (the same
 answer whether it is another tenant's or none at all), or the account's keys cannot be had ·
-413 body over 16 KiB · 400 not a JSON object · 422 invalid intent (field errors).
+413 body over 16 KiB · 408 body not arrived in time · 400 not a JSON object · 422 unacceptable
+body or invalid intent (field errors).
 
 The caller's idempotency key (``Idempotency-Key`` header or body; the content digest when neither)
 lives in the ``api:`` namespace: a caller can never pick a key of the strategy runner's (``run:``).

@@ -193,6 +193,8 @@ PRODUCTION_CELLS: list[tuple[str, Headers, int, str]] = [
     ("role object", lambda: signed({**TRADER, "role": {"trader": True}}), 403, "role claim is not a string"),
     ("tenant_id int", lambda: signed({**TRADER, "tenant_id": 7}), 403, "tenant_id claim is not a string"),
     ("tenant_id list", lambda: signed({**TRADER, "tenant_id": ["acme_corp"]}), 403, "not a string"),
+    ("tenant_id a path", lambda: signed({**TRADER, "tenant_id": "acme/../x"}), 403, "cannot name a tenant"),
+    ("tenant_id reserved", lambda: signed({**TRADER, "tenant_id": "__x__"}), 403, "cannot name a tenant"),
     ("no tenant", lambda: signed({"uid": "u1", "role": "trader"}), 403, "no tenant_id claim"),
     ("viewer", lambda: signed({**TRADER, "uid": "viewer", "role": "viewer"}), 403, "may not execute"),
     ("deleted user", lambda: signed({**TRADER, "uid": "ghost"}), 401, "no longer exists"),
@@ -409,6 +411,7 @@ ORDERS_CELLS: list[tuple[str, Headers, int, str]] = [
     ),
     ("role list", lambda: signed({**TRADER, "role": ["viewer"]}), 403, "role claim is not a string"),
     ("tenant_id int", lambda: signed({**TRADER, "tenant_id": 7}), 403, "tenant_id claim is not a string"),
+    ("tenant_id a path", lambda: signed({**TRADER, "tenant_id": "a/b"}), 403, "cannot name a tenant"),
     ("valid token, no such order", lambda: signed(), 404, "has no execution"),
 ]
 

@@ -183,7 +183,8 @@ class TestRefusals:
             ({"__name__": "x"}, "key '__name__' must match"),
             ({"a": [[1, 2]]}, "a list inside a list"),
             ({"a": "x" * 1500}, "longer than 1024"),
-            (json.loads('{"a":' * 254 + "1" + "}" * 254), "nested deeper than 4"),
+            (json.loads('{"a":' * 254 + "1" + "}" * 254), "nested deeper than 16"),
+            ({"a": {"b": {"c": {"d": {"e": 1}}}}}, "nested deeper than 4"),
         ],
     )
     def test_metadata_that_could_not_be_stored_is_422_and_writes_nothing(

@@ -97,6 +97,37 @@ _METADATA_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _INT64 = 2**63
 
 
+# Metadata numbers are stored as what they are, an integer or a double: a decimal from the wire is
+# kept only when a double holds that very number (its shortest spelling reads back equal), so what
+# is accepted is what every store writes and reads back.
+_FLOAT_EXPONENTS = range(-324, 309)  # a double's magnitudes, subnormals included
+
+
+def _exact_float(value: Decimal, where: str) -> float:
+    if not value.is_finite() or value.adjusted() not in _FLOAT_EXPONENTS:
+        raise ValueError(f"{where}: a number out of range (magnitude 1e-324 to 1e308)")
+    as_float = float(value)  # the exponent is bounded: nothing is expanded
+    if value.is_zero():
+        return as_float
+    if not math.isfinite(as_float) or to_decimal(as_float) != value or as_float == 0:
+        raise ValueError(f"{where}: the number {value} cannot be stored exactly (use a string)")
+    return as_float
+
+
+def _exact_metadata(value: Any, where: str, depth: int = 0) -> Any:
+    """``value`` with every ``Decimal`` (a JSON number with a point or an exponent, read exactly)
+    as the double that holds it exactly; refused when none does. Bounded by the depth check."""
+    if isinstance(value, Decimal):
+        return _exact_float(value, where)
+    if depth > METADATA_MAX_DEPTH + 1:
+        return value  # too deep: ``metadata_problem`` says so
+    if isinstance(value, dict):
+        return {key: _exact_metadata(item, f"{where}.{key}", depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_exact_metadata(item, f"{where}[{index}]", depth + 1) for index, item in enumerate(value)]
+    return value
+
+
 def _metadata_value_problem(value: Any, where: str, depth: int) -> str | None:
     if value is None or isinstance(value, bool):
         return None
@@ -231,8 +262,9 @@ class OrderIntent(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _bounded_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
-        metadata_problem(value)
-        return value
+        exact: dict[str, Any] = _exact_metadata(value, "metadata")
+        metadata_problem(exact)
+        return exact
 
     @field_validator("side", mode="before")
     @classmethod

@@ -44,6 +44,20 @@ def _segment(value: str, name: str) -> str:
     return value
 
 
+def is_document_id(value: object, max_length: int = 128) -> bool:
+    """Whether ``value`` can name a document (a tenant, a user) in every path built here: a string
+    Firestore accepts as one segment (no '/', not '.' or '..', not a reserved ``__x__`` name, no
+    control characters) and at most ``max_length`` characters (Firebase uids are at most 128)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and "/" not in value
+        and value not in (".", "..")
+        and not (value.startswith("__") and value.endswith("__"))
+        and value.isprintable()
+    )
+
+
 def tenant_collection_path(tenant_id: str, collection: str) -> str:
     """``tenants/{tenant_id}/{collection}``: ledger_trades, decisions, positions, daily_trade_counts."""
     return f"tenants/{_segment(tenant_id, 'tenant_id')}/{_segment(collection, 'collection')}"

@@ -90,6 +90,9 @@ class ExecSettings(BaseSettings):
     sweep_after_seconds: Annotated[float, Field(ge=0)] = 60.0
     sweep_max_orders: Annotated[int, Field(ge=1)] = 500
     sweep_max_seconds: Annotated[float, Field(gt=0)] = 240.0
+    # An HTTPS request's body must have arrived this long after the handler starts reading it
+    # (408 otherwise): a client that declares more than it sends never holds a worker longer.
+    body_read_seconds: Annotated[float, Field(gt=0, le=30, allow_inf_nan=False)] = 10.0
     # auto: the embedded store fans out inline; on Firestore the ledger trigger does it.
     fanout: Literal["auto", "inline", "trigger"] = "auto"
     # JSON overrides of the fee schedule's figures, e.g. '{"sec_fee_rate": "0", "as_of": "2025-05-14"}'.
