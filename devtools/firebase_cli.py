@@ -20,11 +20,14 @@ Whatever is already set in the environment (``JAVA_HOME``, the two binary paths)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -183,3 +186,97 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+class EmulatorSuite:
+    """``firebase emulators:start`` on free ports, for tests: its own ``firebase.json`` in a folder
+    under ``.msr`` (the functions source is still the repository root), the plain variables of
+    ``env_file`` as that folder's ``.env``, and the CLI's output in ``log``.
+
+    ``start`` returns when the CLI says every emulator is ready; ``stop`` asks it to shut down
+    cleanly (it stops the emulators it started) and kills what is left after ``grace`` seconds."""
+
+    EMULATORS = ("functions", "firestore", "pubsub", "auth")
+
+    def __init__(self, project: str, env_file: Mapping[str, str], extra_env: Mapping[str, str]) -> None:
+        from devtools.emulators import free_port
+
+        self.project = project
+        self.ports = {
+            name: free_port() for name in (*self.EMULATORS, "hub", "logging", "eventarc", "tasks", "ws")
+        }
+        self.folder = ROOT / ".msr" / f"firebase-e2e-{self.ports['hub']}"
+        self.log = self.folder / "cli.log"
+        self.env_file = dict(env_file)
+        self.extra_env = dict(extra_env)
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def url(self, function: str, region: str = "us-central1") -> str:
+        return f"http://127.0.0.1:{self.ports['functions']}/{self.project}/{region}/{function}"
+
+    def host(self, emulator: str) -> str:
+        return f"127.0.0.1:{self.ports[emulator]}"
+
+    def _config(self) -> dict[str, object]:
+        source = os.path.relpath(ROOT, self.folder)
+        main = json.loads((ROOT / "firebase.json").read_text())["functions"][0]
+        ports = self.ports
+        return {
+            "functions": [{**main, "source": source, "configDir": "."}],
+            "firestore": {"rules": "firestore.rules"},  # a copy: the CLI wants it inside this folder
+            "emulators": {
+                **{name: {"host": "127.0.0.1", "port": ports[name]} for name in self.EMULATORS},
+                "firestore": {"host": "127.0.0.1", "port": ports["firestore"], "websocketPort": ports["ws"]},
+                "hub": {"host": "127.0.0.1", "port": ports["hub"]},
+                "logging": {"host": "127.0.0.1", "port": ports["logging"]},
+                "eventarc": {"host": "127.0.0.1", "port": ports["eventarc"]},
+                "tasks": {"host": "127.0.0.1", "port": ports["tasks"]},
+                "ui": {"enabled": False},
+                "singleProjectMode": True,
+            },
+        }
+
+    def start(self, timeout: float = 300.0) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "firebase.json").write_text(json.dumps(self._config(), indent=2))
+        shutil.copyfile(ROOT / "firestore.rules", self.folder / "firestore.rules")
+        (self.folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in self.env_file.items()))
+        ensure_venv_link()
+        cli = ensure_cli_installed()
+        env = {**cli_environment(os.environ), **self.extra_env}
+        command = [str(cli), "emulators:start", "--only", ",".join(self.EMULATORS), "--project", self.project,
+                   "--config", str(self.folder / "firebase.json")]  # fmt: skip
+        with self.log.open("wb") as log:
+            self._process = subprocess.Popen(
+                command,
+                cwd=self.folder,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            if "All emulators ready" in text:
+                return
+            if self._process.poll() is not None:
+                break
+            time.sleep(0.5)
+        tail = self.log.read_text(errors="replace")[-4000:]
+        self.stop()
+        raise RuntimeError(f"the Firebase emulators did not start: {tail}")
+
+    def stop(self, grace: float = 60.0) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        try:
+            process.send_signal(signal.SIGINT)  # the CLI's clean shutdown stops its emulators
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(self.folder, ignore_errors=True)  # its config, .env, rules copy and logs
