@@ -243,7 +243,13 @@ class EmulatorSuite:
         (self.folder / ".env").write_text("".join(f"{k}={v}\n" for k, v in self.env_file.items()))
         ensure_venv_link()
         cli = ensure_cli_installed()
-        env = {**cli_environment(os.environ), **self.extra_env}
+        from devtools.served_functions import all_secret_names
+
+        # The CLI's own environment reaches every function: no secret of the manifest in it, so
+        # each function gets only what its declaration resolves (as ServedFunction does).
+        withheld = all_secret_names()
+        env = {k: v for k, v in cli_environment(os.environ).items() if k not in withheld}
+        env.update(self.extra_env)
         command = [str(cli), "emulators:start", "--only", ",".join(self.EMULATORS), "--project", self.project,
                    "--config", str(self.folder / "firebase.json")]  # fmt: skip
         with self.log.open("wb") as log:

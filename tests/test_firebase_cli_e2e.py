@@ -86,9 +86,7 @@ def suite(fake: FakeAlpaca) -> Iterator[tuple[EmulatorSuite, list[str]]]:
         pytest.skip(reason)
     with running(fake) as alpaca_url, secret_manager(SECRETS) as (secrets_url, asked):
         plain = {"EXEC_DRY_RUN": "0", "APCA_API_BASE_URL": alpaca_url, "APCA_API_DATA_URL": alpaca_url}
-        # The CLI's own environment reaches every function: no key in it, secrets only by declaration.
-        withheld = {name: "" for name in SECRETS}
-        suite = EmulatorSuite(PROJECT, plain, {**withheld, "CLOUD_SECRET_MANAGER_URL": secrets_url})
+        suite = EmulatorSuite(PROJECT, plain, {"CLOUD_SECRET_MANAGER_URL": secrets_url})
         started = time.monotonic()
         suite.start()
         print(f"\nFirebase emulators ready in {time.monotonic() - started:.1f} s")
