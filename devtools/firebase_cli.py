@@ -184,10 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     os.execve(str(cli), [str(cli), *arguments], env)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 class EmulatorSuite:
     """``firebase emulators:start`` on free ports, for tests: its own ``firebase.json`` in a folder
     under ``.msr`` (the functions source is still the repository root), the plain variables of
@@ -202,9 +198,11 @@ class EmulatorSuite:
         from devtools.emulators import free_port
 
         self.project = project
-        self.ports = {
-            name: free_port() for name in (*self.EMULATORS, "hub", "logging", "eventarc", "tasks", "ws")
-        }
+        names = (*self.EMULATORS, "hub", "logging", "eventarc", "tasks", "ws")
+        ports: set[int] = set()
+        while len(ports) < len(names):  # the system may hand the same free port out twice
+            ports.add(free_port())
+        self.ports = dict(zip(names, sorted(ports), strict=True))
         self.folder = ROOT / ".msr" / f"firebase-e2e-{self.ports['hub']}"
         self.log = self.folder / "cli.log"
         self.env_file = dict(env_file)
@@ -286,3 +284,7 @@ class EmulatorSuite:
         except ProcessLookupError:
             pass
         shutil.rmtree(self.folder, ignore_errors=True)  # its config, .env, rules copy and logs
+
+
+if __name__ == "__main__":
+    sys.exit(main())
