@@ -71,6 +71,9 @@ class ChaosRun:
     # emulator, for ~17 s) keeps that transaction's locks until they expire. Defaults to crash_rate.
     ledger_write_crash_rate: float | None = None
     max_crashes_per_point: int | None = None  # a budget per crash point for the whole run
+    # A crash point no worker has died at yet is forced on its Nth reach in the run, so a small run
+    # still dies at every point (drawn by rate alone, a 150-intent run once never died mid-write).
+    force_crash_after: int | None = 20
     duplicate_rate: float = 0.15  # share of intents delivered twice at once
     # How many instruments the intents spread over: every claim and update of one account and
     # symbol writes its position document (about one write per second in production Firestore).
@@ -179,18 +182,30 @@ class _Crashes:
     """Where this worker dies, drawn from its own seeded generator. Counted in shared memory before
     dying (a queue's feeder thread would not flush before ``os._exit``)."""
 
-    def __init__(self, rates: dict[str, float], seed: int, counters: Any, budget: int | None) -> None:
+    def __init__(
+        self, rates: dict[str, float], seed: int, counters: Any, budget: int | None, force_after: int | None
+    ) -> None:
         self.rates = rates
         self.budget = budget
+        self.force_after = force_after
         self.rng = random.Random(seed)
-        self.counters = counters
+        self.counters = counters  # per crash point: deaths, then reaches (shared by the workers)
         self.enabled = True
 
     def maybe(self, point: str) -> None:
-        if not self.enabled or self.rng.random() >= self.rates.get(point, 0.0):
+        if not self.enabled or point not in self.rates:
             return
+        drawn = self.rng.random() < self.rates[point]
+        slot, reached = CRASH_POINTS.index(point), len(CRASH_POINTS) + CRASH_POINTS.index(point)
         with self.counters.get_lock():
-            slot = CRASH_POINTS.index(point)
+            self.counters[reached] += 1
+            forced = (
+                self.force_after is not None
+                and self.counters[slot] == 0
+                and self.counters[reached] >= self.force_after
+            )
+            if not (drawn or forced):
+                return
             if self.budget is not None and self.counters[slot] >= self.budget:
                 return
             self.counters[slot] += 1
@@ -290,7 +305,9 @@ def _worker(
     rates = dict.fromkeys(config.crash_points.split(","), config.crash_rate)
     if config.ledger_write_crash_rate is not None and "inside_ledger_write" in rates:
         rates["inside_ledger_write"] = config.ledger_write_crash_rate
-    crashes = _Crashes(rates, config.seed * 7919 + number, crashed, config.max_crashes_per_point)
+    crashes = _Crashes(
+        rates, config.seed * 7919 + number, crashed, config.max_crashes_per_point, config.force_crash_after
+    )
     _install_crashes(engine, crashes, config.store)
     if config.break_store:
         _break(engine.store, config.break_store)
@@ -333,7 +350,7 @@ class _Pool:
         # simulator's server threads, a queue's feeder thread) and wait on it forever.
         self.context = multiprocessing.get_context("spawn")
         self.tasks = self.context.Queue()
-        self.crashed = self.context.Array("i", len(CRASH_POINTS))
+        self.crashed = self.context.Array("i", 2 * len(CRASH_POINTS))  # deaths, then reaches
         self.workers: dict[int, tuple[Any, Any]] = {}  # number -> (process, its answers' pipe)
         self.holding: dict[int, int] = {}
         self.next_number = 0
@@ -408,7 +425,7 @@ class _Pool:
         self._spawn()
 
     def close(self) -> None:
-        self.report.crashes = dict(zip(CRASH_POINTS, self.crashed[:], strict=True))
+        self.report.crashes = dict(zip(CRASH_POINTS, self.crashed[: len(CRASH_POINTS)], strict=True))
         for _ in self.workers:
             self.tasks.put(None)
         for process, answers in self.workers.values():
@@ -681,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         "workdir": str,
         "ledger_write_crash_rate": float,
         "max_crashes_per_point": int,
+        "force_crash_after": int,
     }
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=kinds.get(name, type(value)), default=value)

@@ -178,11 +178,24 @@ def _build_services(built: Stores) -> Services:
         clock=clock,
         settings=settings,
         portfolio=built.inline_portfolio,
+        controls=_runtime_controls(settings, clock),
     )
     from backend.adapters.sqlite_store import SQLiteExecutionStore
 
     turns = threading.Lock() if isinstance(store, SQLiteExecutionStore) else contextlib.nullcontext()
     return Services(settings, engine, store, market_data, turns)
+
+
+def _runtime_controls(settings: ExecSettings, clock: Any) -> Any:
+    """The kill switches and limit overrides, read through a cache of EXEC_CONTROLS_CACHE_S (see
+    ``backend.execution.runtime_controls``); EXEC_KILL_SWITCH stays the deployment's floor."""
+    from datetime import timedelta
+
+    from backend.adapters.controls_store import build_controls_store
+    from backend.execution.runtime_controls import CachedControls
+
+    ttl = timedelta(seconds=settings.controls_cache_s)
+    return CachedControls(build_controls_store(settings), clock, ttl, settings.kill_switch)
 
 
 def position_check() -> PositionCheck:

@@ -9,6 +9,7 @@ engine's services.
     msr orders cancel --key K --tenant T       # cancel a resting order through the broker
     msr orders sweep --max-orders 200          # settle open orders from the broker (all tenants)
     msr positions check --json                 # Alpaca's positions against the ledger's: the drift
+    msr controls kill --tenant T --by B --reason R   # stop a tenant without a redeploy (msr controls)
 
 Human output goes to stdout, JSON log lines to stderr.
 """
@@ -39,6 +40,7 @@ from backend.execution.settings import ConfigurationError, load_settings
 from backend.observability.logging import configure_logging
 from functions import paper_run
 from functions.app import Services, configured_services
+from functions.cli_controls import add_controls
 
 EXIT_OK = 0
 # Nothing was done and the message says why: argparse's code for a bad option, reused for every
@@ -53,9 +55,11 @@ EXIT_CODES = """exit codes:
   2  nothing done: a bad option or input, a configuration error (EXEC_*, APCA_*),
      a day the broker has not finished posting (fees settle), an order the tenant
      does not have (orders), a cancel with nothing to cancel (orders cancel), or the
-     broker's positions could not be read (positions check: nothing compared)
+     broker's positions could not be read (positions check: nothing compared),
+     a control flip refused (controls: a widening limit, no --by or --reason)
   3  something to look at: drift found (positions check: one line per finding, with
-     its reason code), or an order that could not be settled (orders sweep)"""
+     its reason code), an order that could not be settled (orders sweep), or a
+     resting order a kill switch could not cancel (controls kill)"""
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -72,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fees(commands)
     _add_orders(commands)
     _add_positions(commands)
+    add_controls(commands, _parser)
     return parser
 
 

@@ -42,8 +42,12 @@ def execute_http(request: Any) -> Any:
     _logging()
     from backend.execution.deadlines import request_deadline
     from functions.app import services
-    from functions.http_auth import verify_firebase_token
+    from functions.http_auth import serving_refusal, verify_firebase_token
     from functions.http_execute import handle_execute
+
+    refusal = serving_refusal()  # an instance that must not authenticate anyone serves nothing
+    if refusal is not None:
+        return refusal
 
     def execute(intent: Any) -> Any:
         return services().execute(intent, trusted=False)  # a caller's figures only tighten checks
@@ -58,8 +62,12 @@ def orders_http(request: Any) -> Any:
     _logging()
     from backend.execution.deadlines import request_deadline
     from functions.app import services
-    from functions.http_auth import verify_firebase_token
+    from functions.http_auth import serving_refusal, verify_firebase_token
     from functions.http_orders import handle_orders
+
+    refusal = serving_refusal()
+    if refusal is not None:
+        return refusal
 
     with request_deadline(REQUEST_DEADLINE_S):
         return handle_orders(

@@ -2,16 +2,17 @@
 role it needs, a bounded JSON body, and refusals answered with a reason.
 
 The functions are public once deployed (``on_request`` without ``invoker``), so they authenticate
-in code: a Firebase ID token in ``Authorization: Bearer``, verified with firebase-admin. The tenant
-and the user come from the token (custom claims ``tenant_id`` and ``role``), never from the request
-alone. A refusal is a JSON body ``{"error", "reason", ...}``, logged as ``http.refused``; it is
-raised as ``Refused`` from the checks, so a handler answers it before anything is written.
+in code: a Firebase ID token in ``Authorization: Bearer``, verified by ``functions.id_tokens``
+(bounded certificate fetch, user record for revocation, emulator mode refused when deployed). The
+tenant and the user come from the token (custom claims ``tenant_id`` and ``role``, strings), never
+from the request alone. A refusal is a JSON body ``{"error", "reason", ...}``, logged as
+``http.refused``; it is raised as ``Refused`` from the checks, so a handler answers it before
+anything is written.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ import orjson
 from flask import Request, Response
 
 from backend.observability.logging import log_event
+from functions.id_tokens import AuthUnavailable, InvalidToken
 
 logger = logging.getLogger("msr.http")
 
@@ -59,26 +61,21 @@ def refused(status: int, error: str, reason: str, **details: Any) -> Refused:
     return Refused(refuse(status, error, reason, **details))
 
 
-class InvalidToken(Exception):
-    """The caller's token is not acceptable (a 401), as opposed to a failure on our side (a 500)."""
-
-
 def verify_firebase_token(token: str) -> Mapping[str, Any]:
-    """firebase-admin's verification (signature, expiry, audience, issuer). Under the Auth emulator
-    (``FIREBASE_AUTH_EMULATOR_HOST``) firebase-admin accepts unsigned tokens and skips the expiry
-    check; the expiry is checked here as well, so the emulator refuses what production refuses."""
-    from firebase_admin import auth
+    """The token's claims (``functions.id_tokens``): ``InvalidToken`` is a 401, ``AuthUnavailable``
+    (a check that could not be made) a 503."""
+    from functions.id_tokens import configured_verifier
 
-    from functions.app import firebase_app
+    return configured_verifier()(token)
 
-    app = firebase_app()  # a configuration error here is ours: it propagates (500)
-    try:
-        claims = auth.verify_id_token(token, app=app)
-    except (auth.InvalidIdTokenError, auth.ExpiredIdTokenError, auth.RevokedIdTokenError, ValueError) as exc:
-        raise InvalidToken(type(exc).__name__) from exc
-    if float(claims.get("exp", 0)) <= time.time():
-        raise InvalidToken("expired")
-    return claims  # type: ignore[no-any-return]
+
+def serving_refusal() -> Response | None:
+    """A 503 for every request when this instance must not authenticate anyone (emulator token mode
+    in a deployed function, a bad ``EXEC_AUTH_*`` value); None when it may serve."""
+    from functions.id_tokens import serving_refusal as problem
+
+    reason = problem()
+    return None if reason is None else refuse(503, "auth_unavailable", reason, _headers={"Retry-After": "60"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +97,19 @@ def caller(request: Request, verify: TokenVerifier, roles: frozenset[str], actio
         claims = verify(header[7:].strip())
     except InvalidToken as exc:
         raise refused(401, "unauthenticated", f"the ID token was not accepted ({exc})") from exc
+    except AuthUnavailable as exc:
+        reason = f"the ID token could not be checked now ({exc})"
+        raise Refused(refuse(503, "auth_unavailable", reason, _headers={"Retry-After": "5"})) from exc
     uid, tenant_id, role = claims.get("uid") or claims.get("sub"), claims.get("tenant_id"), claims.get("role")
-    if not uid:
+    if not uid or not isinstance(uid, str):
         raise refused(401, "unauthenticated", "the ID token names no user")
     if not tenant_id:
         raise refused(403, "forbidden", "the token carries no tenant_id claim", uid=uid)
+    if not isinstance(tenant_id, str):
+        raise refused(403, "forbidden", "the token's tenant_id claim is not a string", uid=uid)
+    if role is not None and not isinstance(role, str):  # a list would not even hash
+        reason = f"the token's role claim is not a string, so it may not {action}"
+        raise refused(403, "forbidden", reason, uid=uid, tenant_id=tenant_id)
     if role not in roles:
         raise refused(403, "forbidden", f"role {role!r} may not {action}", uid=uid, tenant_id=tenant_id)
     return Caller(str(uid), str(tenant_id), str(role))

@@ -124,6 +124,10 @@ DECLARED: dict[str, tuple[list[str], list[Query]]] = {
         ],
         [coll("trades", ("broker_account_id", "=="), ("symbol", "=="))],
     ),
+    "backend/adapters/controls_store.py::FirestoreControlsStore.audit_records": (
+        ["order_by('at', direction=firestore.Query.DESCENDING)"],
+        [coll("control_audit", orders=(("at", DESC),))],  # a tenant's, or the global collection
+    ),
     "functions/strategy_runs.py::publish_runs": (
         ["collection_group('strategies')", "where(filter=FieldFilter('enabled', '==', True))"],
         [group("strategies", ("enabled", "=="))],

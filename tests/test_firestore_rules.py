@@ -33,6 +33,11 @@ PATHS = {
     "profile": "users/u1",
     "sweep state": "ops/settlement_sweep",
     "elsewhere": "misc/anything",
+    "tenant controls": "tenants/t1/controls/current",
+    "control audit": "tenants/t1/control_audit/20260302T153000000000Z-v000001",
+    "rate slot": "tenants/t1/rate_slots/20260302T1530Z~03",
+    "global controls": "controls/global",
+    "global control audit": "control_audit/20260302T153000000000Z-v000001",
 }
 
 USERS: dict[str, dict[str, Any] | None] = {
@@ -41,6 +46,9 @@ USERS: dict[str, dict[str, Any] | None] = {
     "other tenant's user (u2, t2)": {"uid": "u2", "tenant_id": "t2"},
     "signed in, no tenant (u4)": {"uid": "u4"},
     "anonymous": None,
+    "tenant admin (u5, admin of t1)": {"uid": "u5", "tenant_id": "t1", "role": "admin"},
+    "other tenant's admin (u6, admin of t2)": {"uid": "u6", "tenant_id": "t2", "role": "admin"},
+    "trader of t1 (u7)": {"uid": "u7", "tenant_id": "t1", "role": "trader"},
 }
 
 # The only allowed cells: reads. Every write by every client is denied.
@@ -50,6 +58,10 @@ READABLE = {
     "other tenant's user (u2, t2)": set(),
     "signed in, no tenant (u4)": set(),
     "anonymous": set(),
+    # Runtime controls and their audit records: the tenant's admins only.
+    "tenant admin (u5, admin of t1)": {"ledger", "decision", "tenant controls", "control audit"},
+    "other tenant's admin (u6, admin of t2)": set(),
+    "trader of t1 (u7)": {"ledger", "decision"},
 }
 
 OPERATIONS = ("get", "list", "create", "update", "delete")

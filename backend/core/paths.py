@@ -111,3 +111,30 @@ def slot_probe_order(tenant_id: str, idempotency_key: str, daily_limit: int) -> 
 def ops_state_path(name: str) -> str:
     """Where a scheduled job keeps its state between runs (a cursor, a watermark): ``ops/{name}``."""
     return f"ops/{_segment(name, 'name')}"
+
+
+# -- runtime controls (backend/core/controls.py) -------------------------------------------------
+
+GLOBAL_CONTROLS_PATH = "controls/global"
+
+
+def tenant_controls_path(tenant_id: str) -> str:
+    """A tenant's kill switch and limit overrides: one small document, read through a cache."""
+    return f"tenants/{_segment(tenant_id, 'tenant_id')}/controls/current"
+
+
+def controls_path(tenant_id: str | None) -> str:
+    """The controls document of a tenant, or the global one (``tenant_id`` None)."""
+    return GLOBAL_CONTROLS_PATH if tenant_id is None else tenant_controls_path(tenant_id)
+
+
+def control_audit_path(tenant_id: str | None, audit_id: str) -> str:
+    """One flip's audit record: ``tenants/{t}/control_audit/{id}``, or ``control_audit/{id}`` for
+    a global flip. Created once, never changed."""
+    collection = "control_audit" if tenant_id is None else tenant_collection_path(tenant_id, "control_audit")
+    return f"{collection}/{_segment(audit_id, 'audit_id')}"
+
+
+def rate_slot_path(tenant_id: str, minute: str, shard: int) -> str:
+    """Shard ``shard`` of a tenant's order count in one UTC minute: ``{minute}~{shard:02d}``."""
+    return f"tenants/{_segment(tenant_id, 'tenant_id')}/rate_slots/{_segment(minute, 'minute')}~{shard:02d}"

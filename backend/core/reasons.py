@@ -20,6 +20,8 @@ class ReasonCode(StrEnum):
     KILL_SWITCH = "KILL_SWITCH"
     POSITION_LIMIT = "POSITION_LIMIT"
     DAILY_LIMIT = "DAILY_LIMIT"
+    ORDER_NOTIONAL_LIMIT = "ORDER_NOTIONAL_LIMIT"  # one order's value above the limit in force
+    RATE_LIMIT = "RATE_LIMIT"  # the tenant's orders this minute reached its order-rate limit
     # Venue and broker refusals (before or at the broker).
     NO_VENUE_FOR_ASSET_CLASS = "NO_VENUE_FOR_ASSET_CLASS"
     ORDER_INVALID = "ORDER_INVALID"

@@ -22,6 +22,7 @@ from backend.core.reasons import ReasonCode
 @dataclass(frozen=True, slots=True)
 class RiskLimits:
     kill_switch: bool = False
+    kill_reason: str = ""  # who engaged it and why (runtime controls), for the refusal's message
     max_position_qty: Decimal = Decimal(100)
     max_position_qty_by_asset_class: Mapping[AssetClass, Decimal] = field(
         default_factory=lambda: MappingProxyType({})
@@ -32,6 +33,8 @@ class RiskLimits:
     max_position_notional_by_asset_class: Mapping[AssetClass, Decimal] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    # One order's value (qty x price x multiplier), in its quote currency; None: no such limit.
+    max_order_notional: Decimal | None = None
 
     def position_limit_for(self, asset_class: AssetClass) -> Decimal:
         return self.max_position_qty_by_asset_class.get(asset_class, self.max_position_qty)
@@ -78,6 +81,7 @@ _REFUSAL_CODES = {
     "max_position_qty": ReasonCode.POSITION_LIMIT,
     "max_position_notional": ReasonCode.POSITION_LIMIT,
     "max_daily_trades": ReasonCode.DAILY_LIMIT,
+    "max_order_notional": ReasonCode.ORDER_NOTIONAL_LIMIT,
 }
 
 
@@ -135,8 +139,24 @@ def _notional_check(
     return RiskCheck("max_position_notional", value <= limit, detail)
 
 
+def _order_notional_check(intent: OrderIntent, limit: Decimal, mark_price: Decimal | None) -> RiskCheck:
+    """Every order, reducing or not: the limit bounds what one order may move at once."""
+    if mark_price is None:
+        return RiskCheck("max_order_notional", False, f"no price to value the {intent.symbol} order")
+    instrument = intent.instrument
+    value = instrument.notional(intent.qty, mark_price)
+    detail = f"order value {value} {instrument.quote_currency} (limit {limit})"
+    return RiskCheck("max_order_notional", value <= limit, detail)
+
+
 _KILL_SWITCH_ON = RiskCheck("kill_switch", False, "kill switch engaged")
 _KILL_SWITCH_OFF = RiskCheck("kill_switch", True, "kill switch off")
+
+
+def _kill_check(limits: RiskLimits) -> RiskCheck:
+    if not limits.kill_switch:
+        return _KILL_SWITCH_OFF
+    return RiskCheck("kill_switch", False, limits.kill_reason) if limits.kill_reason else _KILL_SWITCH_ON
 
 
 def check_risk(
@@ -145,9 +165,11 @@ def check_risk(
     """``mark_price`` values the position for a value limit (the quote's mid); without one a
     value limit refuses any trade that does not reduce the position."""
     checks = [
-        _KILL_SWITCH_ON if limits.kill_switch else _KILL_SWITCH_OFF,
+        _kill_check(limits),
         _position_check(intent, exposure, limits),
     ]
+    if limits.max_order_notional is not None:
+        checks.append(_order_notional_check(intent, limits.max_order_notional, mark_price))
     notional_limit = limits.notional_limit_for(intent.asset_class)
     if notional_limit is not None:
         checks.append(_notional_check(intent, exposure, notional_limit, mark_price))

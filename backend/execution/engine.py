@@ -35,6 +35,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from backend.adapters.alpaca import AlpacaBroker  # the SDK loads when a broker is constructed
+from backend.core.controls import EffectiveLimits, RuntimeControls, effective_limits, minute_bucket
 from backend.core.fees import FeeSchedule, estimate_fees
 from backend.core.instruments import AssetClass
 from backend.core.intents import IdempotencyConflict, OrderIntent, Side, differing_fields, legacy_key
@@ -69,7 +70,7 @@ from backend.core.orders import (
 from backend.core.paths import client_order_id_for, ledger_trade_path
 from backend.core.quotes import Quote
 from backend.core.reasons import ReasonCode
-from backend.core.risk import Exposure, RiskDecision, RiskLimits, check_risk
+from backend.core.risk import Exposure, RiskCheck, RiskDecision, RiskLimits, check_risk
 from backend.core.routing import RoutingDecision, RoutingPolicy
 from backend.execution.fanout import fan_out_ledger_trade
 from backend.execution.ports import (
@@ -88,6 +89,7 @@ from backend.execution.ports import (
 )
 from backend.execution.risk_manager import RiskManager
 from backend.execution.router import SmartRouter
+from backend.execution.runtime_controls import CachedControls
 from backend.execution.settings import ExecSettings, load_settings
 from backend.observability.logging import log_event
 
@@ -199,11 +201,14 @@ class ExecutionEngine:
         portfolio: PortfolioStore | None = None,
         fee_schedule: FeeSchedule | None = None,
         worker_id: str | None = None,
+        controls: CachedControls | None = None,
     ) -> None:
         """``portfolio``: fan each ledger row out to the user's history right after it is written
         (local runs). Leave it None where a Firestore trigger does the fan-out. Without a ``store``
         the configured one is used (``EXEC_STORE``, ``EXEC_FANOUT``; see ``build_stores``).
-        ``worker_id`` names this engine as the holder of the leases it takes."""
+        ``worker_id`` names this engine as the holder of the leases it takes. ``controls``: the
+        runtime controls (kill switches, limit overrides, the order-rate limit), read through their
+        cache; without them only the configured limits apply."""
         self.settings = settings or load_settings()
         self.broker = broker
         self.router = router
@@ -220,6 +225,7 @@ class ExecutionEngine:
         self.fee_schedule = fee_schedule or self.settings.fee_schedule_config()
         self.clock = clock or router.clock or SystemClock()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.controls = controls
 
     @property
     def lease(self) -> timedelta:
@@ -232,6 +238,18 @@ class ExecutionEngine:
     @property
     def intent_ttl(self) -> timedelta:
         return timedelta(seconds=self.settings.intent_ttl_seconds)
+
+    def limits_for(self, tenant_id: str) -> EffectiveLimits:
+        """The limits in force for the tenant now: the configured ones tightened by the runtime
+        controls (as cached: see ``runtime_controls``)."""
+        runtime = (
+            self.controls.current(tenant_id) if self.controls is not None else RuntimeControls(tenant_id)
+        )
+        return effective_limits(runtime, self.risk.limits)
+
+    def halted(self, tenant_id: str) -> str | None:
+        """Why the tenant may not trade now (a kill switch), or None."""
+        return self.limits_for(tenant_id).kill_reason
 
     def execute_intent(
         self, intent: OrderIntent | Mapping[str, Any], quote: Quote | None = None, *, trusted: bool = True
@@ -265,11 +283,12 @@ class ExecutionEngine:
             return self._finish_without_order(draft.result(status, routing.reason_code, routing.reason))
 
         trading_day = now.date().isoformat()
+        limits = self.limits_for(tenant_id)
         if self.dry_run:
             exposure = self.store.get_exposure(
-                tenant_id, intent.broker_account_id, intent.symbol, trading_day, self._daily_limit()
+                tenant_id, intent.broker_account_id, intent.symbol, trading_day, limits.risk.max_daily_trades
             )
-            draft.risk = self.risk.evaluate(intent, exposure, routing.mid_price)
+            draft.risk = self.risk.evaluate(intent, exposure, routing.mid_price, limits.risk)
             if not draft.risk.approved:
                 return self._finish_without_order(draft.risk_refusal())
             return self._finish_without_order(
@@ -277,7 +296,7 @@ class ExecutionEngine:
                     ExecutionStatus.DRY_RUN, ReasonCode.DRY_RUN, "Dry run: approved, not sent to the broker"
                 )
             )
-        return self._place(draft, trading_day)
+        return self._place(draft, trading_day, limits)
 
     def settle(self, stored: StoredExecution, quote: Quote | None = None) -> ExecutionResult:
         """Move an order that is not final on, from the broker's own answer (a delivery of its
@@ -432,9 +451,6 @@ class ExecutionEngine:
             _log_outcome("exec.dry_run", result)
         return result
 
-    def _daily_limit(self) -> int:
-        return self.risk.limits.max_daily_trades
-
     def _request(self, result: ExecutionResult) -> OrderRequest:
         intent = result.intent
         return OrderRequest(
@@ -446,9 +462,11 @@ class ExecutionEngine:
             asset_class=intent.asset_class,
         )
 
-    def _place(self, draft: _Draft, trading_day: str) -> ExecutionResult:
+    def _place(self, draft: _Draft, trading_day: str, limits: EffectiveLimits) -> ExecutionResult:
         """Risk is checked inside the claim, atomically with reserving the key, a daily slot and
-        the quantity: two workers cannot both spend the same headroom."""
+        the quantity: two workers cannot both spend the same headroom. The order-rate limit is
+        taken just before the claim (a slot spent on an intent the claim then refuses stays spent:
+        the count errs on the side of fewer orders, never more)."""
         intent = draft.intent
         pending = draft.result(ExecutionStatus.PENDING, ReasonCode.IN_FLIGHT, IN_FLIGHT_REASON)
         request = self._request(pending)
@@ -457,6 +475,10 @@ class ExecutionEngine:
             code, reason = refusal
             _log_venue_refusal(draft, code, reason)
             return self._finish_without_order(draft.result(ExecutionStatus.REJECTED, code, reason))
+        if limits.kill_reason is None and limits.max_orders_per_minute is not None:
+            refused = self._rate_refusal(draft, trading_day, limits)
+            if refused is not None:
+                return self._finish_without_order(refused)
         order = claimed_order(
             request.client_order_id,
             draft.tenant_id,
@@ -467,8 +489,8 @@ class ExecutionEngine:
             Lease(self.worker_id, draft.now + self.lease),
         )
         pending = replace(pending, order_state=order.state)
-        check = partial(self.risk.evaluate, intent, mark_price=draft.routing.mid_price)
-        claim = self.store.claim(pending, order, trading_day, self._daily_limit(), check)
+        check = partial(self.risk.evaluate, intent, mark_price=draft.routing.mid_price, limits=limits.risk)
+        claim = self.store.claim(pending, order, trading_day, limits.risk.max_daily_trades, check)
         if claim.outcome is ClaimOutcome.DUPLICATE:
             assert claim.stored is not None
             return self._existing(claim.stored, intent, None, draft.key)
@@ -477,6 +499,33 @@ class ExecutionEngine:
             return self._finish_without_order(draft.risk_refusal())
         assert claim.stored is not None
         return self._submit(claim.stored, request)
+
+    def _rate_refusal(
+        self, draft: _Draft, trading_day: str, limits: EffectiveLimits
+    ) -> ExecutionResult | None:
+        """Count the order in the tenant's current minute, or refuse it (RATE_LIMIT) when the
+        minute's count has reached the limit. The risk checks run first on what the store holds
+        now, so an intent they refuse spends no slot (the claim checks again, atomically)."""
+        assert self.controls is not None  # a rate limit comes only from the runtime controls
+        assert limits.max_orders_per_minute is not None
+        intent, per_minute = draft.intent, limits.max_orders_per_minute
+        exposure = self.store.get_exposure(
+            draft.tenant_id,
+            intent.broker_account_id,
+            intent.symbol,
+            trading_day,
+            limits.risk.max_daily_trades,
+        )
+        draft.risk = self.risk.evaluate(intent, exposure, draft.routing.mid_price, limits.risk)
+        if not draft.risk.approved:
+            return draft.risk_refusal()
+        minute = minute_bucket(draft.now)
+        if self.controls.take_rate_slot(draft.tenant_id, minute, per_minute, draft.key) is not None:
+            return None
+        detail = f"{per_minute} order(s) this minute ({minute}) already (limit {per_minute} per minute)"
+        check = RiskCheck("max_orders_per_minute", False, detail)
+        draft.risk = RiskDecision(False, ReasonCode.RATE_LIMIT, f"Risk refused: {detail}", (check,))
+        return draft.risk_refusal()
 
     def _submit(self, stored: StoredExecution, request: OrderRequest) -> ExecutionResult:
         """Send under the order's client order id; whatever happens becomes events of the order."""
@@ -550,8 +599,9 @@ class ExecutionEngine:
         return self._submit(repriced, self._request(update.result))
 
     def _why_not_resend(self, result: ExecutionResult, now: datetime) -> tuple[ReasonCode, str] | None:
-        if self.risk.limits.kill_switch:
-            return ReasonCode.KILL_SWITCH, "Released: the kill switch is engaged"
+        halted = self.halted(result.tenant_id)
+        if halted is not None:
+            return ReasonCode.KILL_SWITCH, f"Released: {halted}"
         if now - result.decided_at > self.intent_ttl:
             age = (now - result.decided_at).total_seconds()
             return ReasonCode.INTENT_EXPIRED, f"Released: never placed, and the intent is {age:.0f}s old"

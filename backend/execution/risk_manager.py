@@ -14,6 +14,11 @@ class RiskManager:
         self.limits = limits if limits is not None else load_settings().risk_limits()
 
     def evaluate(
-        self, intent: OrderIntent, exposure: Exposure, mark_price: Decimal | None = None
+        self,
+        intent: OrderIntent,
+        exposure: Exposure,
+        mark_price: Decimal | None = None,
+        limits: RiskLimits | None = None,
     ) -> RiskDecision:
-        return check_risk(intent, exposure, self.limits, mark_price)
+        """``limits``: those in force now (runtime controls applied), else the configured ones."""
+        return check_risk(intent, exposure, self.limits if limits is None else limits, mark_price)

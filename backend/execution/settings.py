@@ -58,6 +58,11 @@ class ExecSettings(BaseSettings):
     # The value of a position, in the instrument's quote currency (unset: no value limit).
     max_position_notional: NonNegativeDecimal | None = None
     max_position_notional_by_asset_class: dict[AssetClass, NonNegativeDecimal] = Field(default_factory=dict)
+    # One order's value, in its quote currency (unset: no such limit); runtime controls may tighten it.
+    max_order_notional: NonNegativeDecimal | None = None
+    # How long a function instance trusts the runtime controls it read (kill switches, limit
+    # overrides): a flip takes effect everywhere within this many seconds.
+    controls_cache_s: Annotated[float, Field(ge=0, le=60, allow_inf_nan=False)] = 5.0
     max_spread_pct: NonNegativeDecimal = Decimal("0.001")
     # JSON, e.g. EXEC_MAX_SPREAD_PCT_BY_ASSET_CLASS='{"OPTIONS": 0.05}'
     max_spread_pct_by_asset_class: dict[AssetClass, NonNegativeDecimal] = Field(default_factory=dict)
@@ -140,6 +145,7 @@ class ExecSettings(BaseSettings):
             max_daily_trades=self.max_daily_trades,
             max_position_notional=self.max_position_notional,
             max_position_notional_by_asset_class=dict(self.max_position_notional_by_asset_class),
+            max_order_notional=self.max_order_notional,
         )
 
     def routing_policy(self) -> RoutingPolicy:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from backend.core.orders import ExecutionResult
 from backend.core.paths import decision_id_for, decision_path
 from backend.execution.engine import ExecutionEngine
 from backend.execution.ports import OrderCursor, StoredExecution
@@ -42,6 +43,7 @@ class SweepReport:
     unchanged: int = 0
     skipped: int = 0  # claims from before orders were recorded: only their intent can settle them
     errors: int = 0
+    canceled_killed: int = 0  # resting orders of killed tenants asked to cancel
     exhausted: str = ""  # "orders" or "time" when the run stopped at its bound
     finished_pass: bool = False  # reached the newest open order: the next run starts from the oldest
     states: Counter[str] = field(default_factory=Counter)
@@ -114,7 +116,7 @@ def _settle_one(engine: ExecutionEngine, stored: StoredExecution, report: SweepR
                   client_order_id=before.client_order_id, tenant_id=before.tenant_id)  # fmt: skip
         return
     try:
-        result = engine.settle(stored)
+        result = _settle_or_cancel(engine, stored, report)
     except Exception as exc:  # noqa: BLE001 - one order's failure must not stop the sweep: next run retries
         report.errors += 1
         log_event(logger, "sweep.error", f"Settling {before.client_order_id} failed: {type(exc).__name__}",
@@ -137,6 +139,26 @@ def _settle_one(engine: ExecutionEngine, stored: StoredExecution, report: SweepR
               state_after=after.value, fills=len(result.trade_ids))  # fmt: skip
 
 
+def _settle_or_cancel(
+    engine: ExecutionEngine, stored: StoredExecution, report: SweepReport
+) -> ExecutionResult:
+    """A resting order of a tenant whose kill switch is engaged is asked to cancel (through the
+    engine's cancel, which settles it from the broker first); any other order is settled. An order
+    not at the broker yet is settled too: under the kill switch it is released, never sent."""
+    assert stored.order is not None
+    halted = engine.halted(stored.order.tenant_id) if stored.order.state.resting else None
+    if halted is None:
+        return engine.settle(stored)
+    outcome = engine.cancel(stored)
+    if outcome.requested:
+        report.canceled_killed += 1
+    order = stored.order
+    log_event(logger, "sweep.kill_cancel", f"Order {order.client_order_id}: {outcome.reason} ({halted})",
+              logging.WARNING, tenant_id=order.tenant_id, client_order_id=order.client_order_id,
+              requested=outcome.requested)  # fmt: skip
+    return outcome.result
+
+
 def _log_report(report: SweepReport) -> None:
     severity = logging.WARNING if report.errors or report.exhausted else logging.INFO
     log_event(
@@ -152,6 +174,7 @@ def _log_report(report: SweepReport) -> None:
         unchanged=report.unchanged,
         skipped=report.skipped,
         errors=report.errors,
+        canceled_killed=report.canceled_killed,
         exhausted=report.exhausted or None,
         finished_pass=report.finished_pass,
         states=dict(report.states),
