@@ -112,8 +112,7 @@ class ServedFunction:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     pass
-                # The Firebase CLI's readiness probe: it runs no function's work.
-                with urllib.request.urlopen(f"{self.url}/__/health", timeout=5):
+                with urllib.request.urlopen(f"{self.url}/", timeout=5):
                     return
             except urllib.error.HTTPError:
                 return  # it answered
