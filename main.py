@@ -12,6 +12,8 @@ first invocation (see ``functions/cloud.py``), which keeps cold starts short.
 - ``redrive_portfolio``: scheduled; fans out ledger rows the trigger missed (it is not retried).
 - ``settle_orders``: scheduled; settles open orders no delivery came back for, from the broker.
 - ``check_positions``: scheduled; compares Alpaca's positions with the ledger's and logs the drift.
+
+The scheduled functions run their work only for Cloud Scheduler's requests (``functions/scheduled.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import os
 
 from firebase_functions import firestore_fn, https_fn, pubsub_fn, scheduler_fn
 from firebase_functions.params import SecretParam
+
+from functions.scheduled import scheduler_only
 
 STRATEGY_RUNS_TOPIC = "strategy-runs"  # also functions.app.STRATEGY_RUNS_TOPIC
 # Read when the CLI discovers the functions: set them in a .env next to main.py to change them.
@@ -56,6 +60,7 @@ def orders(req: https_fn.Request) -> https_fn.Response:
 
 
 @scheduler_fn.on_schedule(schedule=STRATEGY_SCHEDULE, timezone=scheduler_fn.Timezone("UTC"))
+@scheduler_only  # a health probe or a stray request does not run the work
 def schedule_strategy_runs(event: scheduler_fn.ScheduledEvent) -> None:
     from functions.cloud import schedule_tick
 
@@ -81,6 +86,7 @@ def fan_out_ledger_trade(event: firestore_fn.Event[firestore_fn.DocumentSnapshot
 
 
 @scheduler_fn.on_schedule(schedule=REDRIVE_SCHEDULE, timezone=scheduler_fn.Timezone("UTC"))
+@scheduler_only
 def redrive_portfolio(event: scheduler_fn.ScheduledEvent) -> None:
     from functions.cloud import redrive_portfolio as redrive
 
@@ -90,6 +96,7 @@ def redrive_portfolio(event: scheduler_fn.ScheduledEvent) -> None:
 @scheduler_fn.on_schedule(
     schedule=SWEEP_SCHEDULE, timezone=scheduler_fn.Timezone("UTC"), secrets=BROKER_SECRETS, timeout_sec=300
 )
+@scheduler_only
 def settle_orders(event: scheduler_fn.ScheduledEvent) -> None:
     from functions.cloud import settle_orders as sweep
 
@@ -102,6 +109,7 @@ def settle_orders(event: scheduler_fn.ScheduledEvent) -> None:
     secrets=BROKER_SECRETS,
     timeout_sec=300,
 )
+@scheduler_only
 def check_positions(event: scheduler_fn.ScheduledEvent) -> None:
     from functions.cloud import check_positions as check
 

@@ -135,11 +135,11 @@ Local stack is up (project {PROJECT}). Ctrl-C stops it.
 
 Seeded: tenant '{TENANT}' with strategy '{STRATEGY}' (cost_aware_equity on AAPL and MSFT, for user '{UID}').
 
-Run the strategy now (what Cloud Scheduler does):
-  curl -X POST {urls["schedule_strategy_runs"]}
+Run the strategy now (what Cloud Scheduler does; without its header a scheduled function does nothing):
+  curl -X POST {urls["schedule_strategy_runs"]} -H 'X-CloudScheduler: true'
 
 Check Alpaca's positions against the ledger (findings in the function log as positions.* events):
-  curl -X POST {urls["check_positions"]}
+  curl -X POST {urls["check_positions"]} -H 'X-CloudScheduler: true'
 
 Send an order as a trader of '{TENANT}' (an emulator ID token; valid for an hour):
   curl -X POST {urls["execute"]} -H 'Content-Type: application/json' \\

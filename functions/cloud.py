@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backend.observability.logging import configure_logging, log_event
+from functions.scheduled import health_answer, is_health_probe
 
 logger = logging.getLogger("msr.functions")
 # The HTTPS functions have 60 s (main.py); a request is answered well before, whatever a dependency
@@ -36,6 +37,8 @@ def _db() -> Any:
 
 
 def execute_http(request: Any) -> Any:
+    if is_health_probe(request.method, request.path):  # the Firebase CLI's readiness probe
+        return health_answer()
     _logging()
     from backend.execution.deadlines import request_deadline
     from functions.app import services
@@ -54,6 +57,8 @@ def execute_http(request: Any) -> Any:
 
 
 def orders_http(request: Any) -> Any:
+    if is_health_probe(request.method, request.path):
+        return health_answer()
     _logging()
     from backend.execution.deadlines import request_deadline
     from functions.app import services

@@ -1,4 +1,5 @@
-# Sourced by the scripts here: create (once) and activate the project's virtualenv in .venv,
+# Sourced by the scripts here: create (once) and activate the project's virtualenv in .venv (and
+# link venv to it, the name the Firebase CLI looks for),
 # install the requirements file given as $1, then the project itself (editable), which puts the
 # `msr` command on the venv's PATH. Needs only python3 (3.11+) and a package index.
 set -euo pipefail
@@ -10,6 +11,10 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
+fi
+# The Firebase CLI runs main.py in a virtualenv named `venv` next to it: the same one, linked.
+if [ ! -e venv ] && [ ! -L venv ]; then
+  ln -s .venv venv
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate

@@ -187,9 +187,12 @@ def test_scheduled_run_to_portfolio_history_exactly_once(
         )
         return [m.message for m in response.received_messages]
 
+    # Not Cloud Scheduler (the Firebase CLI's health probe, a stray POST): answered, nothing published.
+    assert requests.get(f"{stack['schedule'].url}/__/health", timeout=60).status_code == 200
+    assert requests.post(stack["schedule"].url, timeout=60).status_code == 200
     tick()
     messages = pull()
-    assert len(messages) == 1  # one enabled strategy, one message
+    assert len(messages) == 1  # one enabled strategy, one message: the tick's
     run = json.loads(messages[0].data)
     assert run == {"tenant_id": TENANT, "strategy_id": STRATEGY, "run_id": "20260302T1530Z"}
 
