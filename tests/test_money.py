@@ -24,10 +24,9 @@ from backend.core.fees import ALPACA_FEES, FeeSchedule, estimate_fees
 from backend.core.instruments import AssetClass, InvalidSymbolError, instrument_for
 from backend.core.intents import OrderIntent, Side
 from backend.core.ledger import LedgerFeeAdjustment, LedgerTrade
-from backend.core.portfolio import plan_fan_out
+from backend.core.lot_documents import BookingKind, plan_booking
 from backend.core.reasons import ReasonCode
 from backend.core.risk import RiskLimits
-from backend.core.tax_lots import LotMethod
 from backend.execution.engine import ExecutionEngine, ExecutionStatus, RiskManager, SmartRouter
 from backend.execution.fee_settlement import DayNotSettled, settle_asset_fees
 from backend.execution.ports import ManualClock, SystemClock
@@ -389,7 +388,7 @@ class TestFirstSchemaDocuments:
             "last_executed_at": T0, "last_trade_id": "tr_1",
         })  # fmt: skip
         assert lots.schema_version == 1
-        assert plan_fan_out(entry, True, lots, LotMethod.FIFO) is None  # lots under old rules: recompute
+        assert plan_booking(entry, True, lots).kind is BookingKind.REPLAY  # lots under old rules: recompute
 
 
 def test_an_older_sqlite_file_is_brought_up_to_date(tmp_path: Path) -> None:

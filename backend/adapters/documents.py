@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 
 from backend.core.instruments import OPTION_CONTRACT_MULTIPLIER, AssetClass, instrument_for
 from backend.core.ledger import LedgerEntry, LedgerEntryType, LedgerFeeAdjustment, LedgerTrade
+from backend.core.lot_documents import OpenLot
 from backend.core.order_lifecycle import OrderRecord
 from backend.core.orders import ExecutionResult
 from backend.core.portfolio import LotsSnapshot, PortfolioTrade
@@ -136,6 +137,7 @@ ORDERS = Codec(TypeAdapter(OrderRecord))
 LEDGER_ENTRIES = _LedgerEntries()
 HISTORY_ENTRIES = Codec(TypeAdapter(PortfolioTrade), _history_v1)
 LOTS_SNAPSHOTS = Codec(TypeAdapter(LotsSnapshot), _lots_v1)
+OPEN_LOTS = Codec(TypeAdapter(OpenLot))
 
 
 def _plain(value: Any) -> Any:

@@ -41,6 +41,7 @@ from backend.adapters.documents import (
     HISTORY_ENTRIES,
     LEDGER_ENTRIES,
     LOTS_SNAPSHOTS,
+    OPEN_LOTS,
     ORDERS,
     RESULTS,
     DocumentCodec,
@@ -56,6 +57,16 @@ from backend.core.ledger import (
     build_decision_record,
     new_decision_id,
 )
+from backend.core.lot_documents import (
+    Booking,
+    BookingKind,
+    BookingPlan,
+    book_entry,
+    order_field,
+    plan_booking,
+    replay,
+    with_lots,
+)
 from backend.core.order_lifecycle import OrderRecord
 from backend.core.orders import ExecutionResult, ExecutionStatus
 from backend.core.paths import (
@@ -67,15 +78,17 @@ from backend.core.paths import (
     ops_state_path,
     portfolio_history_collection,
     portfolio_lots_path,
+    portfolio_open_lot_path,
+    portfolio_open_lots_collection,
     portfolio_settings_path,
     portfolio_trade_path,
     position_path,
     slot_probe_order,
     tenant_collection_path,
 )
-from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, plan_fan_out, recompute_tax
+from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade
 from backend.core.risk import Exposure
-from backend.core.tax_lots import LotMethod
+from backend.core.tax_lots import LotMethod, TaxLot
 from backend.execution.ports import (
     Claim,
     ClaimOutcome,
@@ -200,6 +213,9 @@ class _Turns:
                 lock = self._locks[key] = threading.RLock()
         with lock:  # the local name keeps the lock alive while it is held
             yield
+
+
+_WINDOW_PAGE = 16  # open lots read per page while a sale looks for what it consumes
 
 
 class FirestoreExecutionStore:
@@ -535,6 +551,9 @@ class FirestoreExecutionStore:
             .where(filter=FieldFilter("broker_account_id", "==", entry.broker_account_id))
             .where(filter=FieldFilter("symbol", "==", entry.symbol))
         )
+        open_lots = self._db.collection(
+            portfolio_open_lots_collection(entry.uid, entry.broker_account_id, entry.symbol)
+        )
 
         @firestore.transactional
         def apply_in(transaction: firestore.Transaction) -> FanOutResult:
@@ -545,29 +564,74 @@ class FirestoreExecutionStore:
                 stored = (settings.to_dict() or {}).get("lot_method") if settings.exists else None
                 chosen = LotMethod(stored) if stored else LotMethod.FIFO
             lots_snapshot = lots_ref.get(transaction=transaction)
-            snapshot = _model(LOTS_SNAPSHOTS, lots_snapshot) if lots_snapshot.exists else None
-            recomputed = plan_fan_out(entry, created, snapshot, chosen)
-            if recomputed is None:
+            summary = _model(LOTS_SNAPSHOTS, lots_snapshot) if lots_snapshot.exists else None
+            plan = plan_booking(entry, created, summary)
+            if summary is not None and plan.kind is BookingKind.DUPLICATE:
+                return FanOutResult(entry.path, created, 0, summary)
+            if plan.kind is BookingKind.INCREMENTAL:
+                window = self._window(transaction, entry, plan, chosen)
+                booking = book_entry(entry, summary, window, chosen)
+            else:
                 entries = [_model(HISTORY_ENTRIES, s) for s in same_symbol.stream(transaction=transaction)]
                 if created:
                     entries.append(entry)
-                recomputed = recompute_tax(entries, chosen)
-            if not created and not recomputed.changed:
-                return FanOutResult(entry.path, created, 0, recomputed.lots)
-            for changed in recomputed.changed:
-                ref = self._db.document(changed.path)
-                document = to_document(HISTORY_ENTRIES, changed)
-                if changed.history_id == entry.history_id and created:
-                    transaction.create(ref, {**document, "recorded_at": firestore.SERVER_TIMESTAMP})
-                else:
-                    transaction.update(ref, {"tax": document["tax"]})
-            transaction.set(
-                self._db.document(recomputed.lots.path),
-                {**to_document(LOTS_SNAPSHOTS, recomputed.lots), "updated_at": firestore.SERVER_TIMESTAMP},
-            )
-            return FanOutResult(entry.path, created, len(recomputed.changed), recomputed.lots)
+                stored_lots = open_lots.stream(transaction=transaction)
+                booking = replay(entries, (_model(OPEN_LOTS, s).tax_lot() for s in stored_lots), chosen)
+            self._write_booking(transaction, entry, created, booking)
+            return FanOutResult(entry.path, created, len(booking.changed), booking.summary)
 
         return apply_in(self._db.transaction())
+
+    def _window(
+        self, transaction: firestore.Transaction, entry: PortfolioTrade, plan: BookingPlan, method: LotMethod
+    ) -> list[TaxLot]:
+        """The open lots a booking needs: those a fee adjustment names, and the first ones in the
+        method's order until they cover ``plan.consume`` (paged: never every lot)."""
+        window: dict[str, TaxLot] = {}
+        for lot_id in plan.named:
+            path = portfolio_open_lot_path(entry.uid, entry.broker_account_id, entry.symbol, lot_id)
+            named = self._db.document(path).get(transaction=transaction)
+            if named.exists:
+                lot = _model(OPEN_LOTS, named).tax_lot()
+                window[lot.lot_id] = lot
+        field, descending = order_field(method)
+        direction = firestore.Query.DESCENDING if descending else firestore.Query.ASCENDING
+        in_order = self._db.collection(
+            portfolio_open_lots_collection(entry.uid, entry.broker_account_id, entry.symbol)
+        ).order_by(field, direction=direction)
+        covered, last = Decimal(0), None
+        while covered < plan.consume:
+            page = in_order.start_after(last) if last is not None else in_order
+            snapshots = list(page.limit(_WINDOW_PAGE).stream(transaction=transaction))
+            for snapshot in snapshots:
+                lot = _model(OPEN_LOTS, snapshot).tax_lot()
+                window[lot.lot_id] = lot
+                covered += lot.qty
+                last = snapshot
+                if covered >= plan.consume:
+                    break
+            if len(snapshots) < _WINDOW_PAGE:
+                break
+        return list(window.values())
+
+    def _write_booking(
+        self, transaction: firestore.Transaction, entry: PortfolioTrade, created: bool, booking: Booking
+    ) -> None:
+        for changed in booking.changed:
+            ref = self._db.document(changed.path)
+            document = to_document(HISTORY_ENTRIES, changed)
+            if changed.history_id == entry.history_id and created:
+                transaction.create(ref, {**document, "recorded_at": firestore.SERVER_TIMESTAMP})
+            else:
+                transaction.update(ref, {"tax": document["tax"]})
+        for path in booking.deletes:
+            transaction.delete(self._db.document(path))
+        for lot in booking.upserts:
+            transaction.set(self._db.document(lot.path), to_document(OPEN_LOTS, lot))
+        transaction.set(
+            self._db.document(booking.summary.path),
+            {**to_document(LOTS_SNAPSHOTS, booking.summary), "updated_at": firestore.SERVER_TIMESTAMP},
+        )
 
     def has_history(self, uid: str, history_id: str) -> bool:
         return bool(self._db.document(portfolio_trade_path(uid, history_id)).get().exists)
@@ -579,7 +643,10 @@ class FirestoreExecutionStore:
 
     def lots(self, uid: str, broker_account_id: str, symbol: str) -> LotsSnapshot | None:
         snapshot = self._db.document(portfolio_lots_path(uid, broker_account_id, symbol)).get()
-        return _model(LOTS_SNAPSHOTS, snapshot) if snapshot.exists else None
+        if not snapshot.exists:
+            return None
+        lots = self._db.collection(portfolio_open_lots_collection(uid, broker_account_id, symbol)).stream()
+        return with_lots(_model(LOTS_SNAPSHOTS, snapshot), (_model(OPEN_LOTS, s).tax_lot() for s in lots))
 
     def set_lot_method(self, uid: str, method: LotMethod) -> None:
         self._db.document(portfolio_settings_path(uid)).set(

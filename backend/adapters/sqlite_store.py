@@ -25,6 +25,7 @@ from backend.adapters.documents import (
     HISTORY_ENTRIES,
     LEDGER_ENTRIES,
     LOTS_SNAPSHOTS,
+    OPEN_LOTS,
     ORDERS,
     RESULTS,
     from_json,
@@ -39,6 +40,16 @@ from backend.core.ledger import (
     build_decision_record,
     new_decision_id,
 )
+from backend.core.lot_documents import (
+    Booking,
+    BookingKind,
+    BookingPlan,
+    book_entry,
+    order_field,
+    plan_booking,
+    replay,
+    with_lots,
+)
 from backend.core.order_lifecycle import OrderRecord
 from backend.core.orders import ExecutionResult, ExecutionStatus
 from backend.core.paths import (
@@ -49,13 +60,14 @@ from backend.core.paths import (
     ops_state_path,
     portfolio_history_collection,
     portfolio_lots_path,
+    portfolio_open_lot_path,
     portfolio_settings_path,
     portfolio_trade_path,
     tenant_collection_path,
 )
-from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade, plan_fan_out, recompute_tax
+from backend.core.portfolio import FanOutResult, LotsSnapshot, PortfolioTrade
 from backend.core.risk import Exposure
-from backend.core.tax_lots import LotMethod
+from backend.core.tax_lots import LotMethod, TaxLot
 from backend.execution.ports import (
     Claim,
     ClaimOutcome,
@@ -129,6 +141,17 @@ CREATE TABLE IF NOT EXISTS portfolio_lots (
     path TEXT PRIMARY KEY,
     document TEXT NOT NULL
 );
+
+-- One row per open lot (parent: its symbol's summary path), found in a method's order by key.
+CREATE TABLE IF NOT EXISTS portfolio_open_lots (
+    path TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    fifo_key TEXT NOT NULL,
+    hifo_key TEXT NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS portfolio_open_lots_fifo ON portfolio_open_lots (parent, fifo_key);
+CREATE INDEX IF NOT EXISTS portfolio_open_lots_hifo ON portfolio_open_lots (parent, hifo_key);
 
 -- What scheduled jobs keep between runs (a sweep's cursor, a re-drive's watermark): ops/{name}.
 CREATE TABLE IF NOT EXISTS ops_state (
@@ -699,7 +722,6 @@ class SQLiteExecutionStore:
     # -- portfolio history and tax lots (PortfolioStore) -------------------------------------
 
     def apply_history_entry(self, entry: PortfolioTrade, method: LotMethod | None = None) -> FanOutResult:
-        entry_json = to_json(HISTORY_ENTRIES, entry)
         with self._write() as conn:
             created = (
                 conn.execute(
@@ -710,7 +732,7 @@ class SQLiteExecutionStore:
                         entry.uid,
                         entry.broker_account_id,
                         entry.symbol,
-                        entry_json,
+                        to_json(HISTORY_ENTRIES, entry),
                     ),
                 ).rowcount
                 == 1
@@ -723,27 +745,28 @@ class SQLiteExecutionStore:
                 method = LotMethod(row[0]) if row else LotMethod.FIFO
             lots_path = portfolio_lots_path(entry.uid, entry.broker_account_id, entry.symbol)
             row = conn.execute("SELECT document FROM portfolio_lots WHERE path = ?", (lots_path,)).fetchone()
-            snapshot = from_json(LOTS_SNAPSHOTS, row[0]) if row else None
-            recomputed = plan_fan_out(entry, created, snapshot, method)
-            if recomputed is None:
+            summary = from_json(LOTS_SNAPSHOTS, row[0]) if row else None
+            plan = plan_booking(entry, created, summary)
+            if summary is not None and plan.kind is BookingKind.DUPLICATE:
+                return FanOutResult(entry.path, created, 0, summary)
+            if plan.kind is BookingKind.INCREMENTAL:
+                booking = book_entry(entry, summary, _sqlite_window(conn, entry, plan, method), method)
+            else:
                 rows = conn.execute(
                     "SELECT document FROM portfolio_history "
                     "WHERE uid = ? AND broker_account_id = ? AND symbol = ?",
                     (entry.uid, entry.broker_account_id, entry.symbol),
                 ).fetchall()
-                recomputed = recompute_tax((from_json(HISTORY_ENTRIES, r[0]) for r in rows), method)
-            if not created and not recomputed.changed:
-                return FanOutResult(entry.path, created, 0, recomputed.lots)
-            conn.executemany(
-                "UPDATE portfolio_history SET document = ? WHERE path = ?",
-                [(to_json(HISTORY_ENTRIES, e), e.path) for e in recomputed.changed],
-            )
-            conn.execute(
-                "INSERT INTO portfolio_lots (path, document) VALUES (?, ?) "
-                "ON CONFLICT (path) DO UPDATE SET document = excluded.document",
-                (recomputed.lots.path, to_json(LOTS_SNAPSHOTS, recomputed.lots)),
-            )
-        return FanOutResult(entry.path, created, len(recomputed.changed), recomputed.lots)
+                stored = conn.execute(
+                    "SELECT document FROM portfolio_open_lots WHERE parent = ?", (lots_path,)
+                ).fetchall()
+                booking = replay(
+                    (from_json(HISTORY_ENTRIES, r[0]) for r in rows),
+                    (from_json(OPEN_LOTS, r[0]).tax_lot() for r in stored),
+                    method,
+                )
+            _sqlite_write_booking(conn, booking)
+        return FanOutResult(entry.path, created, len(booking.changed), booking.summary)
 
     def has_history(self, uid: str, history_id: str) -> bool:
         path = portfolio_trade_path(uid, history_id)
@@ -766,7 +789,14 @@ class SQLiteExecutionStore:
                 "SELECT document FROM portfolio_lots WHERE path = ?",
                 (portfolio_lots_path(uid, broker_account_id, symbol),),
             ).fetchone()
-        return from_json(LOTS_SNAPSHOTS, row[0]) if row else None
+            if row is None:
+                return None
+            lots = self._conn.execute(
+                "SELECT document FROM portfolio_open_lots WHERE parent = ?",
+                (portfolio_lots_path(uid, broker_account_id, symbol),),
+            ).fetchall()
+        open_lots = (from_json(OPEN_LOTS, r[0]).tax_lot() for r in lots)
+        return with_lots(from_json(LOTS_SNAPSHOTS, row[0]), open_lots)
 
     def set_lot_method(self, uid: str, method: LotMethod) -> None:
         with self._write() as conn:
@@ -775,3 +805,62 @@ class SQLiteExecutionStore:
                 "ON CONFLICT (path) DO UPDATE SET lot_method = excluded.lot_method",
                 (portfolio_settings_path(uid), method.value),
             )
+
+
+_WINDOW_PAGE = 16
+
+
+def _sqlite_window(
+    conn: sqlite3.Connection, entry: PortfolioTrade, plan: BookingPlan, method: LotMethod
+) -> list[TaxLot]:
+    """The open lots a booking needs: those a fee adjustment names, and the first ones in the
+    method's order until they cover ``plan.consume`` (paged: never every lot)."""
+    parent = portfolio_lots_path(entry.uid, entry.broker_account_id, entry.symbol)
+    window: dict[str, TaxLot] = {}
+    for lot_id in plan.named:
+        path = portfolio_open_lot_path(entry.uid, entry.broker_account_id, entry.symbol, lot_id)
+        row = conn.execute("SELECT document FROM portfolio_open_lots WHERE path = ?", (path,)).fetchone()
+        if row:
+            lot = from_json(OPEN_LOTS, row[0]).tax_lot()
+            window[lot.lot_id] = lot
+    field, descending = order_field(method)
+    compare, direction = ("<", "DESC") if descending else (">", "ASC")
+    covered, after = Decimal(0), None
+    while covered < plan.consume:
+        rows = conn.execute(
+            f"SELECT {field}, document FROM portfolio_open_lots WHERE parent = ? "
+            + (f"AND {field} {compare} ? " if after is not None else "")
+            + f"ORDER BY {field} {direction} LIMIT ?",
+            (parent, after, _WINDOW_PAGE) if after is not None else (parent, _WINDOW_PAGE),
+        ).fetchall()
+        for key, document in rows:
+            lot = from_json(OPEN_LOTS, document).tax_lot()
+            window[lot.lot_id] = lot
+            covered += lot.qty
+            after = key
+            if covered >= plan.consume:
+                break
+        if len(rows) < _WINDOW_PAGE:
+            break
+    return list(window.values())
+
+
+def _sqlite_write_booking(conn: sqlite3.Connection, booking: Booking) -> None:
+    conn.executemany(
+        "UPDATE portfolio_history SET document = ? WHERE path = ?",
+        [(to_json(HISTORY_ENTRIES, e), e.path) for e in booking.changed],
+    )
+    conn.executemany("DELETE FROM portfolio_open_lots WHERE path = ?", [(path,) for path in booking.deletes])
+    conn.executemany(
+        "INSERT INTO portfolio_open_lots (path, parent, fifo_key, hifo_key, document) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (path) DO UPDATE SET document = excluded.document",
+        [
+            (lot.path, booking.summary.path, lot.fifo_key, lot.hifo_key, to_json(OPEN_LOTS, lot))
+            for lot in booking.upserts
+        ],
+    )
+    conn.execute(
+        "INSERT INTO portfolio_lots (path, document) VALUES (?, ?) "
+        "ON CONFLICT (path) DO UPDATE SET document = excluded.document",
+        (booking.summary.path, to_json(LOTS_SNAPSHOTS, booking.summary)),
+    )

@@ -97,6 +97,15 @@ def portfolio_lots_path(uid: str, broker_account_id: str, symbol: str) -> str:
     return f"users/{_segment(uid, 'uid')}/portfolio/tax/lots/{_key_id(broker_account_id, symbol)}"
 
 
+def portfolio_open_lot_path(uid: str, broker_account_id: str, symbol: str, lot_id: str) -> str:
+    """One document per open lot, under its symbol's summary document."""
+    return f"{portfolio_lots_path(uid, broker_account_id, symbol)}/open/{_segment(lot_id, 'lot_id')}"
+
+
+def portfolio_open_lots_collection(uid: str, broker_account_id: str, symbol: str) -> str:
+    return f"{portfolio_lots_path(uid, broker_account_id, symbol)}/open"
+
+
 def portfolio_settings_path(uid: str) -> str:
     """Where a user's preferences live, such as the tax-lot method (``lot_method``)."""
     return f"users/{_segment(uid, 'uid')}/portfolio/settings"

@@ -12,25 +12,21 @@ asset the broker's fee activity added or took, applied to the lots of the fills 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from backend.core.instruments import AssetClass
 from backend.core.intents import Side
 from backend.core.ledger import LedgerEntry, LedgerEntryType, LedgerFeeAdjustment, LedgerTrade
-from backend.core.paths import portfolio_lots_path, portfolio_trade_path
+from backend.core.paths import portfolio_trade_path
 from backend.core.tax_lots import (
     HoldingPeriod,
-    LotBook,
     LotClosing,
     LotEventKind,
     LotMethod,
     LotTrade,
     TaxLot,
-    TradeTaxOutcome,
-    compute_lots,
 )
 
 # 2: multiplier, filled vs booked quantity, the fee's currency and amount, entry types; lots
@@ -191,21 +187,13 @@ def _adjustment_entry(adjustment: LedgerFeeAdjustment) -> PortfolioTrade:
     )
 
 
-def _tax_fields(outcome: TradeTaxOutcome, method: LotMethod) -> TaxFields:
-    return TaxFields(
-        lot_method=method,
-        cost_basis=outcome.cost_basis,
-        proceeds=outcome.proceeds,
-        realized_pnl=outcome.realized_pnl,
-        holding_period=outcome.holding_period,
-        short_sale=outcome.short_sale,
-        closings=outcome.closings,
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class LotsSnapshot:
-    """``users/{uid}/portfolio/tax/lots/{account~symbol}``: the open lots after every known trade."""
+    """``users/{uid}/portfolio/tax/lots/{account~symbol}``: the summary of one symbol's open lots.
+
+    ``lots_in_documents``: the lots are documents of their own (see ``lot_documents``) and
+    ``open_lots`` is filled in only when a reader asks for them; an older summary holds them
+    inline (read as is, migrated on its next write)."""
 
     path: str
     uid: str
@@ -220,6 +208,12 @@ class LotsSnapshot:
     last_executed_at: datetime | None = None
     last_trade_id: str | None = None
     schema_version: int = PORTFOLIO_SCHEMA_VERSION
+    lots_in_documents: bool = False
+    open_lot_count: int = 0
+    # The canonical-order key of the latest entry that closed or adjusted a lot: a late entry after
+    # it that only opens a lot changes no booked sale.
+    last_closing_executed_at: datetime | None = None
+    last_closing_trade_id: str | None = None
 
     def is_after_last(self, entry: PortfolioTrade) -> bool:
         if self.last_executed_at is None or self.last_trade_id is None:
@@ -233,68 +227,3 @@ class FanOutResult:
     created: bool  # False: this ledger row had been fanned out before (a duplicate delivery)
     updated: int  # entries whose tax fields were (re)written, this one included
     lots: LotsSnapshot
-
-
-@dataclass(frozen=True)
-class Recomputed:
-    changed: list[PortfolioTrade]  # entries whose tax part is new or different
-    lots: LotsSnapshot
-    book: LotBook
-
-
-def _snapshot(
-    first: PortfolioTrade, method: LotMethod, book: LotBook, trades: int, last: PortfolioTrade
-) -> LotsSnapshot:
-    return LotsSnapshot(
-        path=portfolio_lots_path(first.uid, first.broker_account_id, first.symbol),
-        uid=first.uid,
-        broker_account_id=first.broker_account_id,
-        symbol=first.symbol,
-        lot_method=method,
-        position=book.position,
-        open_cost_basis=book.open_cost_basis,
-        open_lots=book.open_lots,
-        trades=trades,
-        last_executed_at=last.executed_at,
-        last_trade_id=last.history_id,
-    )
-
-
-def plan_fan_out(
-    entry: PortfolioTrade, created: bool, snapshot: LotsSnapshot | None, method: LotMethod
-) -> Recomputed | None:
-    """The cheap paths, when they apply; None means: recompute from every entry.
-
-    - a repeated delivery under an unchanged method changes nothing;
-    - a new trade later than every trade applied so far continues from the stored open lots
-      (the common, in-order case: one document read instead of the whole history).
-    """
-    if snapshot is None or snapshot.lot_method is not method:
-        return None
-    if snapshot.schema_version != PORTFOLIO_SCHEMA_VERSION:
-        return None  # lots computed under older rules (an option's multiplier): recompute once
-    if not created:
-        return Recomputed([], snapshot, LotBook(method, snapshot.open_lots))
-    if not snapshot.is_after_last(entry):
-        return None
-    book = compute_lots([entry.lot_trade()], method, snapshot.open_lots)
-    taxed = replace(entry, tax=_tax_fields(book.outcomes[entry.history_id], method))
-    return Recomputed([taxed], _snapshot(entry, method, book, snapshot.trades + 1, entry), book)
-
-
-def recompute_tax(entries: Iterable[PortfolioTrade], method: LotMethod) -> Recomputed:
-    """Tax fields for every entry of one (user, account, symbol), from all of them together."""
-    entries = list(entries)
-    if not entries:
-        raise ValueError("recompute_tax needs at least one entry")
-    keys = {(e.uid, e.broker_account_id, e.symbol) for e in entries}
-    if len(keys) != 1:
-        raise ValueError(f"entries of one user, account and symbol only, got {sorted(keys)}")
-    book = compute_lots((entry.lot_trade() for entry in entries), method)
-    changed = []
-    for entry in entries:
-        tax = _tax_fields(book.outcomes[entry.history_id], method)
-        if entry.tax != tax:
-            changed.append(replace(entry, tax=tax))
-    last = max(entries, key=lambda e: (e.executed_at, e.history_id))
-    return Recomputed(changed, _snapshot(entries[0], method, book, len(entries), last), book)

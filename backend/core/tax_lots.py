@@ -29,7 +29,7 @@ Rules, all tested:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -273,20 +273,26 @@ def _apply_qty_adjustment(open_lots: list[TaxLot], event: LotTrade, method: LotM
 
 
 def compute_lots(
-    trades: Iterable[LotTrade], method: LotMethod = LotMethod.FIFO, open_lots: Iterable[TaxLot] = ()
+    trades: Iterable[LotTrade],
+    method: LotMethod = LotMethod.FIFO,
+    open_lots: Iterable[TaxLot] = (),
+    methods: Mapping[str, LotMethod] | None = None,
 ) -> LotBook:
     """Replay the trades in canonical order; the book depends only on the set of trades.
 
     ``open_lots`` continues from an earlier book: applying later trades to it gives exactly what a
-    replay of all trades gives, which lets in-order events skip the replay.
+    replay of all trades gives, which lets in-order events skip the replay. ``methods`` names the
+    method a trade was booked under (a sale keeps its method when a late trade re-books it);
+    trades it does not name use ``method``.
     """
     lots = list(open_lots)
     outcomes: dict[str, TradeTaxOutcome] = {}
     for trade in canonical_order(trades):
         if trade.qty <= 0:
             raise ValueError(f"trade {trade.trade_id}: qty must be > 0, got {trade.qty}")
+        chosen = (methods or {}).get(trade.trade_id, method)
         if trade.kind is LotEventKind.QTY_ADJUSTMENT:
-            outcomes[trade.trade_id] = _apply_qty_adjustment(lots, trade, method)
+            outcomes[trade.trade_id] = _apply_qty_adjustment(lots, trade, chosen)
         else:
-            outcomes[trade.trade_id] = _apply_trade(lots, trade, method)
+            outcomes[trade.trade_id] = _apply_trade(lots, trade, chosen)
     return LotBook(method, tuple(lots), outcomes)
