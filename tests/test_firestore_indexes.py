@@ -124,6 +124,14 @@ DECLARED: dict[str, tuple[list[str], list[Query]]] = {
         ],
         [coll("trades", ("broker_account_id", "=="), ("symbol", "=="))],
     ),
+    f"{STORE}._window": (  # a sale's lots in its method's order: one symbol's open lots, one key
+        ["order_by(field, direction=direction)"],
+        [
+            coll("open", orders=(("fifo_key", ASC),)),
+            coll("open", orders=(("fifo_key", DESC),)),
+            coll("open", orders=(("hifo_key", ASC),)),
+        ],
+    ),
     "backend/adapters/controls_store.py::FirestoreControlsStore.audit_records": (
         ["order_by('at', direction=firestore.Query.DESCENDING)"],
         [coll("control_audit", orders=(("at", DESC),))],  # a tenant's, or the global collection

@@ -179,9 +179,77 @@ def test_lot_method_per_user_and_per_call(
     assert sell15.tax is not None
     assert (sell15.tax.lot_method, sell15.tax.realized_pnl) == (LotMethod.LIFO, Decimal("200.00"))
     result = fan_out_ledger_trade(trades[0], store, LotMethod.HIFO)
-    assert result.lots.lot_method is LotMethod.HIFO
-    assert result.updated == 4  # every entry now says HIFO
-    assert all(e.tax is not None and e.tax.lot_method is LotMethod.HIFO for e in store.history(UID))
+    assert result.updated == 0  # a redelivery under another method rewrites nothing
+    assert all(e.tax is not None and e.tax.lot_method is LotMethod.LIFO for e in store.history(UID))
+
+
+def test_a_method_change_never_rewrites_booked_sales(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
+) -> None:
+    """FIFO books the first sale; the user switches to LIFO; a late buy (dated before every sale)
+    then re-books the sales it affects, each under the method it recorded."""
+    trades = trade_script(store, market, clock, fan_out=True)
+    before = {e.history_id: e.tax for e in store.history(UID)}
+    store.set_lot_method(UID, LotMethod.LIFO)
+    assert {e.history_id: e.tax for e in store.history(UID)} == before  # nothing rewritten
+    late = replace(
+        trades[0], trade_id="late-buy", idempotency_key="late-buy", executed_at=trades[0].executed_at
+        + timedelta(hours=1), price=Decimal("90.00"), notional=Decimal("900.00"),
+    )  # fmt: skip
+    result = fan_out_ledger_trade(late, store)
+    history = {e.history_id: e.tax for e in store.history(UID)}
+    assert history["late-buy"] is not None
+    assert history["late-buy"].lot_method is LotMethod.LIFO
+    sales = [t for t in trades if t.side.value == "sell"]
+    assert all(history[t.trade_id].lot_method is LotMethod.FIFO for t in sales)
+    # FIFO: the 15 sold take 10 @ 100 and 5 @ 90 (the late lot, older than the 110 lot)
+    assert [c.lot_id for c in history[sales[0].trade_id].closings] == [trades[0].trade_id, "late-buy"]
+    assert result.updated >= 2
+    lots = store.lots(UID, "default", "AAPL")
+    assert lots is not None
+    assert lots.lots_in_documents
+    assert lots.open_lot_count == len(lots.open_lots) == 1
+
+
+def test_old_single_document_lots_are_read_and_migrated_on_the_next_write(
+    store: SQLiteExecutionStore, market: StaticMarketData, clock: ManualClock
+) -> None:
+    from backend.core.lot_documents import with_lots
+
+    trades = trade_script(store, market, clock, fan_out=False)
+    for trade in trades[:2]:
+        fan_out_ledger_trade(trade, store)
+    current = store.lots(UID, "default", "AAPL")
+    assert current is not None
+    assert len(current.open_lots) == 2
+    legacy = replace(current, lots_in_documents=False, open_lot_count=0)
+    _put_legacy_summary(store, legacy)
+    assert store.lots(UID, "default", "AAPL") == legacy  # read as it is
+    assert with_lots(legacy, ()) is legacy
+    for trade in trades[2:]:
+        fan_out_ledger_trade(trade, store)
+    migrated = store.lots(UID, "default", "AAPL")
+    assert migrated is not None
+    assert migrated.lots_in_documents
+    assert (migrated.position, len(migrated.open_lots)) == (Decimal(0), 0)
+    assert tax_view(store.history(UID))[trades[2].trade_id][2] == Decimal("250.00")
+
+
+def _put_legacy_summary(store: Any, legacy: Any) -> None:
+    """Write a summary in the single-document form (lots inline, no lot documents)."""
+    from backend.adapters.documents import LOTS_SNAPSHOTS, to_document, to_json
+
+    if isinstance(store, SQLiteExecutionStore):
+        with store._write() as conn:
+            conn.execute("DELETE FROM portfolio_open_lots")
+            conn.execute(
+                "UPDATE portfolio_lots SET document = ? WHERE path = ?",
+                (to_json(LOTS_SNAPSHOTS, legacy), legacy.path),
+            )
+        return
+    for lot in store._db.collection(f"{legacy.path}/open").stream():
+        lot.reference.delete()
+    store._db.document(legacy.path).set(to_document(LOTS_SNAPSHOTS, legacy))
 
 
 def test_redrive_fans_out_what_was_missed_once(
