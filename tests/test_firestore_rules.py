@@ -30,6 +30,7 @@ PATHS = {
     "strategy": "tenants/t1/strategies/s1",
     "history": "users/u1/portfolio/history/trades/tr_1",
     "lots": "users/u1/portfolio/tax/lots/acct~AAPL",
+    "open lot": "users/u1/portfolio/tax/lots/acct~AAPL/open/tr_1",
     "settings": "users/u1/portfolio/settings",
     "profile": "users/u1",
     "sweep state": "ops/settlement_sweep",
@@ -54,7 +55,7 @@ USERS: dict[str, dict[str, Any] | None] = {
 
 # The only allowed cells: reads. Every write by every client is denied.
 READABLE = {
-    "owner (u1, member of t1)": {"ledger", "decision", "history", "lots", "settings"},
+    "owner (u1, member of t1)": {"ledger", "decision", "history", "lots", "open lot", "settings"},
     "tenant colleague (u3, member of t1)": {"ledger", "decision"},
     # Runtime controls, their audit records and the broker accounts: the tenant's admins only.
     "tenant admin (u5, admin of t1)": {

@@ -51,12 +51,12 @@ def ordered_decimal(value: Decimal) -> str:
     terminator that makes a shorter mantissa sort on the right side of a longer one."""
     if value == 0:
         return "b"
-    sign, digits, _ = value.normalize().as_tuple()
+    sign, digits, _ = value.as_tuple()  # not normalize(): it rounds to the context's precision
     exponent = value.adjusted() + _EXPONENT_OFFSET
-    mantissa = "".join(str(d) for d in digits)
+    mantissa = "".join(str(d) for d in digits).lstrip("0").rstrip("0")
     if sign == 0:
         return f"c{exponent:06d}{mantissa}!"
-    complement = "".join(str(9 - d) for d in digits)
+    complement = "".join(str(9 - int(d)) for d in mantissa)
     return f"a{2 * _EXPONENT_OFFSET - exponent:06d}{complement}~"
 
 

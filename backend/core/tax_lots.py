@@ -213,7 +213,9 @@ def _closing(lot: TaxLot, take: Decimal, lot_part: Decimal, trade_part: Decimal,
 
 def _apply_trade(open_lots: list[TaxLot], trade: LotTrade, method: LotMethod) -> TradeTaxOutcome:
     """Close opposite lots in the method's order; what is left opens a lot of the trade's side."""
-    opposite = [lot for lot in open_lots if lot.side is not trade.side]
+    # Open lots are all of one side (a trade opens a lot only once no opposite lot is left), so
+    # the first lot says whether there is anything to close: no scan per trade.
+    opposite = list(open_lots) if open_lots and open_lots[0].side is not trade.side else []
     remaining_qty, remaining_amount = trade.qty, trade.net_amount
     closings: list[LotClosing] = []
     for lot in _consumption_order(opposite, method):
