@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.core.instruments import AssetClass
 from backend.core.intents import Side
-from backend.core.lot_documents import replay
 from backend.core.paths import portfolio_trade_path
 from backend.core.portfolio import ExecutionLink, PortfolioTrade
 from backend.core.tax_lots import LotMethod
@@ -102,6 +101,7 @@ def seed_firestore(store: Any, entries: list[PortfolioTrade]) -> None:
     from google.cloud import firestore
 
     from backend.adapters.documents import HISTORY_ENTRIES, LOTS_SNAPSHOTS, OPEN_LOTS, to_document
+    from backend.core.lot_documents import replay
 
     booking = replay(entries, [], LotMethod.FIFO)
     documents = [(e.path, to_document(HISTORY_ENTRIES, e)) for e in booking.changed]
