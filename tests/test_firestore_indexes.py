@@ -136,6 +136,10 @@ DECLARED: dict[str, tuple[list[str], list[Query]]] = {
         ["order_by('at', direction=firestore.Query.DESCENDING)"],
         [coll("control_audit", orders=(("at", DESC),))],  # a tenant's, or the global collection
     ),
+    "backend/adapters/broker_account_stores.py::FirestoreBrokerAccounts.all_broker_accounts": (
+        ["collection_group('broker_accounts')"],
+        [group("broker_accounts")],  # every tenant's registered accounts: the position check
+    ),
     "functions/strategy_runs.py::publish_runs": (
         ["collection_group('strategies')", "where(filter=FieldFilter('enabled', '==', True))"],
         [group("strategies", ("enabled", "=="))],
