@@ -323,3 +323,23 @@ def test_trigger_entry_point_takes_the_ledger_document_as_firestore_delivers_it(
     assert store.has_history(UID, trades[0].trade_id)
     with pytest.raises(ValueError, match="not a ledger trade document"):
         fan_out_ledger_document({"symbol": "AAPL"}, store)
+
+
+@pytest.mark.parametrize("method", list(LotMethod))
+def test_a_sale_across_pages_of_lots_matches_a_replay(store: Any, method: LotMethod) -> None:
+    """40 open lots at varied costs, one sale of 35.5 (more than two pages of lot documents read in
+    the method's order): the same closings and the same remaining lots as one replay."""
+    from backend.core.lot_documents import replay
+    from tests.test_tax_lots import entry_for, trade
+
+    buys = [entry_for(trade(f"b{i:02d}", "buy", "1", str(100 + (i * 7) % 13), days=i)) for i in range(40)]
+    sale = entry_for(trade("s1", "sell", "35.5", "150", days=50))
+    for entry in [*buys, sale]:
+        store.apply_history_entry(entry, method)
+    expected = replay([*buys, sale], [], method)
+    booked = {e.history_id: e.tax for e in store.history("u")}
+    assert booked == {e.history_id: e.tax for e in expected.changed}
+    lots = store.lots("u", "acct", "AAPL")
+    assert lots is not None
+    assert lots.open_lots == tuple(sorted((u.tax_lot() for u in expected.upserts), key=lambda x: x.opened_at))
+    assert (lots.position, lots.open_lot_count) == (Decimal("4.5"), 5)

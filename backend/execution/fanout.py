@@ -3,8 +3,8 @@
 In deployment a Firestore trigger on ``tenants/{tenant_id}/ledger_trades/{trade_id}`` calls
 ``fan_out_ledger_trade`` with the new ledger row; locally the engine calls it right after the
 ledger write. Deliveries may repeat or come out of order: the entry id is the ledger trade id
-(create-once) and the tax fields are recomputed from all of the user's trades in that symbol, so
-neither changes the outcome. Triggers are not retried, so ``redrive`` finds ledger rows without a
+(create-once), and a late entry that could change a booked sale replays the user's trades in that
+symbol (see ``backend/core/lot_documents``), so neither changes the outcome. Triggers are not retried, so ``redrive`` finds ledger rows without a
 history entry and fans them out.
 """
 
