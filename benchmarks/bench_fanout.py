@@ -144,7 +144,9 @@ def run(
         summary = store.lots(UID, "acct", symbol)
         print(
             f"{name}: fan-out per trade at {level:>6,} open lots: p50 {statistics.median(figures):.3f} ms, "
-            f"p95 {sorted(figures)[int(len(figures) * 0.95)]:.3f} ms{floor}  "
+            f"p95 {sorted(figures)[int(len(figures) * 0.95)]:.3f} ms{floor}; "
+            f"buys p50 {statistics.median(figures[0::2]):.3f} ms, "
+            f"sales {statistics.median(figures[1::2]):.3f} ms  "
             f"[{len(summary.open_lots):,} lots after; seeded in {seeded:.1f} s]"
         )
     history = mixed_history("LATE", 4000)

@@ -4,8 +4,8 @@ In deployment a Firestore trigger on ``tenants/{tenant_id}/ledger_trades/{trade_
 ``fan_out_ledger_trade`` with the new ledger row; locally the engine calls it right after the
 ledger write. Deliveries may repeat or come out of order: the entry id is the ledger trade id
 (create-once), and a late entry that could change a booked sale replays the user's trades in that
-symbol (see ``backend/core/lot_documents``), so neither changes the outcome. Triggers are not retried, so ``redrive`` finds ledger rows without a
-history entry and fans them out.
+symbol (see ``backend/core/lot_documents``), so neither changes the outcome. Triggers are not
+retried, so ``redrive`` finds ledger rows without a history entry and fans them out.
 """
 
 from __future__ import annotations
